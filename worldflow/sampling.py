@@ -1,0 +1,277 @@
+"""Inverting the flow, frame by frame: sequential and video-aware block Jacobi.
+
+A video is produced one frame at a time. For frame t the deep block's N tokens are
+solved over its KV cache (text prefix + the frames in the attention window), then the
+frame's shallow blocks are inverted, each over a fresh per-frame cache.
+
+Both samplers solve u_j = v_j * a_j(u_<j) + b_j(u_<j) for a chunk of tokens:
+- `sequential`: token by token, one cached network call per token (the reference);
+- `jacobi`: all tokens of a chunk in parallel, iterated to the fixed point. The first
+  guess is the previous frame's tokens at the same positions (video-aware; the noise
+  itself for a video's first frame). Each item of the batch stops on its own when
+  `mean((new - old)^2) / mean(new^2) <= threshold`; a chunk of m tokens is exact after
+  m iterations, the cap by default. Rejected iterates are rewound from the cache.
+
+Long videos: when the window holds `max_frames` frames, the cache is cleared, the text
+re-run and the last `context_frames` frames re-encoded in one pass as the start of a new
+window (positions restart), as in STARFlow-V (reference section 9).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from .config import SamplerConfig
+from .kv_cache import KVCache
+
+Step = Callable[[int, int, Tensor], tuple[Tensor, Tensor]]  # (lo, hi, inputs) -> (u, a)
+
+
+# ------------------------------------------------------------------------- solvers
+def solve_sequential(step: Step, lo: int, hi: int, first_input: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Token by token over slots [lo, hi). Returns u, a (B, m, c) and calls per item (B,)."""
+    inputs, us, scales = first_input, [], []
+    for j in range(lo, hi):
+        u, a = step(j, j + 1, inputs)
+        us.append(u)
+        scales.append(a)
+        inputs = u
+    calls = torch.full((first_input.shape[0],), hi - lo, dtype=torch.long, device=first_input.device)
+    return torch.cat(us, dim=1), torch.cat(scales, dim=1), calls
+
+
+def solve_jacobi(
+    step: Step,
+    lo: int,
+    hi: int,
+    first_input: Tensor,
+    init: Tensor,
+    cache: KVCache,
+    threshold: float,
+    max_iterations: int | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fixed-point iteration over slots [lo, hi), per item. Returns u, a, iterations (B,)."""
+    m = hi - lo
+    limit = m if max_iterations is None else max(1, min(max_iterations, m))
+    guess = init
+    done = torch.zeros(init.shape[0], dtype=torch.bool, device=init.device)
+    iterations = torch.zeros(init.shape[0], dtype=torch.long, device=init.device)
+    for it in range(1, limit + 1):
+        new, a = step(lo, hi, torch.cat([first_input, guess[:, :-1]], dim=1))
+        new = torch.where(done[:, None, None], guess, new)  # converged items stay put
+        change = (new - guess).pow(2).mean(dim=(1, 2))
+        size = new.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
+        iterations += (~done).long()
+        done = done | (change <= threshold * size)
+        guess = new
+        if bool(done.all()) or it == limit:
+            return guess, a, iterations
+        cache.rewind(m)  # reject this iterate's keys; the next pass recomputes them
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------- state
+@dataclass
+class VideoState:
+    """Everything needed to continue a video; owned by the caller.
+
+    With guidance the deep cache and `text` hold 2B items (conditional half first).
+    """
+
+    cache: KVCache  # deep block: text prefix + the frames in the window
+    tokens: Tensor  # (B, F, N, c) deep-block inputs of the window's frames (deep order)
+    cond: Tensor | None  # (B, F, width) condition embeddings of those frames
+    text: Tensor | None  # (B or 2B, S, text_dim)
+    guidance: float
+    shallow_prev: list[Tensor]  # per shallow block: the last frame's tokens (Jacobi init)
+    recent: Tensor  # (B, G, C, H, W) the latest noisy frames (the denoiser's window)
+    frame_index: int = 0  # frames so far
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def frames_in_window(self) -> int:
+        return self.tokens.shape[1]
+
+    def _map(self, fn_batch: Callable[[Tensor], Tensor]) -> VideoState:
+        doubled = self.guidance > 0
+
+        def halves(t: Tensor) -> Tensor:  # apply to both guidance halves alike
+            if not doubled:
+                return fn_batch(t)
+            return torch.cat([fn_batch(h) for h in t.chunk(2)])
+
+        cache = KVCache(halves(self.cache.keys), halves(self.cache.values), self.cache.length)
+        return replace(
+            self,
+            cache=cache,
+            tokens=fn_batch(self.tokens),
+            cond=None if self.cond is None else fn_batch(self.cond),
+            text=None if self.text is None else halves(self.text),
+            shallow_prev=[fn_batch(p) for p in self.shallow_prev],
+            recent=fn_batch(self.recent),
+        )
+
+    def select(self, index) -> VideoState:
+        """The state of a subset or reordering of the batch (index: tensor, list or slice)."""
+        return self._map(lambda t: t[index])
+
+    def expand(self, repeats: int) -> VideoState:
+        """Each item repeated `repeats` times, consecutively (planning over candidates)."""
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def clone(self) -> VideoState:
+        return self._map(lambda t: t.clone())
+
+
+def new_state(model, batch: int, text: Tensor | None, guidance: float, like: Tensor) -> VideoState:
+    """An empty video: the text prefix (and its null twin with guidance) in the cache."""
+    cfg = model.config
+    n, c = cfg.tokens_per_frame, cfg.token_dim
+    text_len = 0 if text is None else text.shape[1]
+    items = 2 * batch if guidance > 0 else batch
+    cache = model.deep_block.new_cache(items, text_len + cfg.max_frames * n, like)
+    if text is not None:
+        cos, sin = model.deep_rope(0, text_len)
+        model.deep_block.prefill(text, cos[:text_len], sin[:text_len], cache)
+    width = cfg.deep_width
+    return VideoState(
+        cache=cache,
+        tokens=like.new_zeros(batch, 0, n, c),
+        cond=like.new_zeros(batch, 0, width) if model.actions is not None else None,
+        text=text,
+        guidance=guidance,
+        shallow_prev=[like.new_zeros(batch, 0, n, c) for _ in model.shallow_blocks],
+        recent=like.new_zeros(batch, 0, cfg.channels, *cfg.frame_size),
+    )
+
+
+def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None) -> None:
+    """Encode known frames (deep-block inputs, deep order, (B, F', N, c)) into the window
+    in one parallel pass — context frames, observed real frames, re-encoded history."""
+    if tokens.shape[1] == 0:
+        return
+    cfg = model.config
+    n = cfg.tokens_per_frame
+    f0, f1 = state.frames_in_window, state.frames_in_window + tokens.shape[1]
+    text_len = 0 if state.text is None else state.text.shape[1]
+    seq = tokens.flatten(1, 2)
+    first = state.tokens[:, -1, -1:] if f0 else model.deep_block.sos.expand(seq.shape[0], 1, -1).to(seq.dtype)
+    inputs = torch.cat([first, seq[:, :-1]], dim=1)
+    cos, sin = model.deep_rope(f1, text_len)
+    rows = slice(text_len + f0 * n, text_len + f1 * n)
+    slot_cond = None if cond is None else cond.repeat_interleave(n, dim=1)
+    model.deep_block.inverse(torch.zeros_like(seq), inputs, cos[rows], sin[rows], state.cache, slot_cond, state.guidance)
+    state.tokens = torch.cat([state.tokens, tokens], dim=1)
+    if state.cond is not None:
+        state.cond = torch.cat([state.cond, cond], dim=1)
+
+
+def slide_window(model, state: VideoState) -> None:
+    """Window full: restart it from the last `context_frames` frames (reference section 9)."""
+    keep = model.config.context_frames
+    tokens = state.tokens[:, -keep:]
+    cond = None
+    if state.cond is not None:  # the first kept frame begins a new video: no action
+        cond = state.cond[:, -keep:].clone()
+        cond[:, 0] = model.actions.null
+    text_len = 0 if state.text is None else state.text.shape[1]
+    state.cache.clear()
+    if state.text is not None:
+        cos, sin = model.deep_rope(0, text_len)
+        model.deep_block.prefill(state.text, cos[:text_len], sin[:text_len], state.cache)
+    state.tokens = tokens[:, :0]
+    if state.cond is not None:
+        state.cond = cond[:, :0]
+    append_frames(model, state, tokens, cond)
+
+
+def next_frame(
+    model,
+    state: VideoState,
+    v: Tensor,
+    cond: Tensor | None,
+    sampler: SamplerConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Invert one frame from its latent tokens v (B, N, c), natural order, and push it.
+
+    cond: (B, width) the frame's condition embedding. Returns the frame x (B, C, H, W) —
+    the flow's sample, before any denoising — its NLL in model units (B,) and the network
+    calls per item (B,) summed over blocks.
+    """
+    cfg = model.config
+    n = cfg.tokens_per_frame
+    if state.frames_in_window == cfg.max_frames:
+        slide_window(model, state)
+    f = state.frames_in_window
+    text_len = 0 if state.text is None else state.text.shape[1]
+    log_scale = v.new_zeros(v.shape[0])
+
+    # deep block, over the window's cache
+    cos, sin = model.deep_rope(f + 1, text_len)
+    base = text_len + f * n
+    slot_cond = None if cond is None else cond[:, None].expand(-1, n, -1)
+    v_deep = model.deep_order(v)
+    first = state.tokens[:, -1, -1:] if f else model.deep_block.sos.expand(v.shape[0], 1, -1).to(v.dtype)
+    init = state.tokens[:, -1] if f else v_deep
+
+    def deep_step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        c = None if slot_cond is None else slot_cond[:, lo:hi]
+        rows = slice(base + lo, base + hi)
+        return model.deep_block.inverse(v_deep[:, lo:hi], inputs, cos[rows], sin[rows], state.cache, c, state.guidance)
+
+    u_deep, a, calls = _solve_frame(deep_step, first, init, state.cache, sampler, n)
+    log_scale += a.log().sum(dim=(1, 2))
+    state.tokens = torch.cat([state.tokens, u_deep[:, None]], dim=1)
+    if state.cond is not None:
+        state.cond = torch.cat([state.cond, cond[:, None]], dim=1)
+
+    # shallow blocks, last to first, each over a fresh per-frame cache
+    u = model.deep_order(u_deep)
+    cos, sin = model.shallow_rope()
+    for i in reversed(range(len(model.shallow_blocks))):
+        block, flip = model.shallow_blocks[i], model.flips(i)
+        vi = u.flip(1) if flip else u
+        prev = state.shallow_prev[i]
+        init = (prev[:, -1].flip(1) if flip else prev[:, -1]) if prev.shape[1] else vi
+        cache = block.new_cache(v.shape[0], n, v)
+        first = block.sos.expand(v.shape[0], 1, -1).to(v.dtype)
+
+        def shallow_step(lo, hi, inputs, block=block, vi=vi, cache=cache):
+            return block.inverse(vi[:, lo:hi], inputs, cos[lo:hi], sin[lo:hi], cache)
+
+        ui, a, c = _solve_frame(shallow_step, first, init, cache, sampler, n)
+        log_scale += a.log().sum(dim=(1, 2))
+        calls += c
+        u = ui.flip(1) if flip else ui
+        state.shallow_prev[i] = u[:, None]  # only the last frame is needed
+    x = model.codec.from_tokens(u[:, None])[:, 0]
+    z_sq = v.pow(2).sum(dim=(1, 2))
+    nll = 0.5 * z_sq + 0.5 * cfg.dims_per_frame * model.LOG_2PI + log_scale
+    keep = max(cfg.denoiser_window - 1, 0)
+    state.recent = torch.cat([state.recent[:, state.recent.shape[1] - keep :] if keep else state.recent[:, :0], x[:, None]], 1)
+    state.frame_index += 1
+    return x, nll, calls
+
+
+def _solve_frame(step: Step, first: Tensor, init: Tensor, cache: KVCache, sampler: SamplerConfig, n: int):
+    """Solve a frame's n tokens chunk by chunk (`sampler.block_size` tokens a chunk)."""
+    size = sampler.block_size or n
+    us, scales, calls = [], [], None
+    for lo in range(0, n, size):
+        hi = min(lo + size, n)
+        if sampler.name == "sequential":
+            u, a, c = solve_sequential(step, lo, hi, first)
+        else:
+            u, a, c = solve_jacobi(step, lo, hi, first, init[:, lo:hi], cache, sampler.threshold, sampler.max_iterations)
+        us.append(u)
+        scales.append(a)
+        calls = c if calls is None else calls + c
+        first = u[:, -1:]
+    return torch.cat(us, dim=1), torch.cat(scales, dim=1), calls
