@@ -29,7 +29,11 @@ def load(name: str, dtype=torch.float32, **overrides):
     state = {k: v.to(dtype) for k, v in tensors.items() if k.startswith("state_dict.")}
     config = config_from_starflow(meta["config"], frame_size=frame_size, **overrides)
     model = from_starflow(state, config).to(dtype).eval()
-    ref = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix) and not k.startswith("state_dict.")}
+    ref = {
+        k[len(prefix) :]: v
+        for k, v in tensors.items()
+        if k.startswith(prefix) and not k.startswith("state_dict.")
+    }
     for key in ("x", "y", "y_null", "z_noise", "z_noise_long", "z"):
         if key in tensors and key not in ref:
             ref[key] = tensors[key].to(dtype)
@@ -80,8 +84,12 @@ def test_guidance(name):
 def test_continuation_after_one_context_frame(sampler, guidance):
     model, ref = load("tiny4")
     x, zn = ref["x"], ref["z_noise"]
-    key = {(0.0, "sequential"): "context1.seq_of_noise", (0.0, "jacobi"): "context1.jacobi_exact_of_noise",
-           (2.0, "sequential"): "context1.guided2_seq_of_noise", (2.0, "jacobi"): "context1.guided2_seq_of_noise"}
+    key = {
+        (0.0, "sequential"): "context1.seq_of_noise",
+        (0.0, "jacobi"): "context1.jacobi_exact_of_noise",
+        (2.0, "sequential"): "context1.guided2_seq_of_noise",
+        (2.0, "jacobi"): "context1.guided2_seq_of_noise",
+    }
     with torch.no_grad():
         state = model.start(2, prompt=ref["y"], guidance=guidance, null_prompt=ref["y_null"])
         model.push_context(state, x[:, :1])
@@ -109,7 +117,11 @@ def test_denoiser(name):
         close(model.denoise(ref["x"], prompt=ref["y"]), ref["x"] - sigma * ref["denoiser"], 1e-5)
     if "denoiser.window1" in ref:
         narrow = from_starflow(
-            {k: v for k, v in load_file(REFERENCE / "starflow_v_tiny4.safetensors").items() if k.startswith("state_dict.")},
+            {
+                k: v
+                for k, v in load_file(REFERENCE / "starflow_v_tiny4.safetensors").items()
+                if k.startswith("state_dict.")
+            },
             dataclasses.replace(model.config, denoiser_window=1),
         ).eval()
         tokens = narrow.codec.to_tokens(ref["x"])
@@ -136,5 +148,13 @@ def test_float64_twins():
         z, logdets, _ = model.flow_forward(ref["x"], None, ref["y"])
     close(model.codec.from_tokens(z), ref["z"], 1e-10)
     assert model.reference_loss(z, logdets).item() == pytest.approx(ref["get_loss.loss"].item(), abs=1e-10)
-    close(model.decode(ref["z_noise"], prompt=ref["y"], sampler="sequential"), ref["reverse.seq_of_noise"], 1e-10)
-    close(model.decode(ref["z_noise"], prompt=ref["y"], sampler=EXACT), ref["reverse.jacobi_exact_of_noise"], 1e-10)
+    close(
+        model.decode(ref["z_noise"], prompt=ref["y"], sampler="sequential"),
+        ref["reverse.seq_of_noise"],
+        1e-10,
+    )
+    close(
+        model.decode(ref["z_noise"], prompt=ref["y"], sampler=EXACT),
+        ref["reverse.jacobi_exact_of_noise"],
+        1e-10,
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Optional  # noqa: UP035 - OmegaConf reads typing.Optional, not `X | None`
 
 from .errors import ConfigError
 
@@ -38,22 +37,23 @@ class ModelConfig:
     deep_depth: int = 2
     deep_width: int = 64
     head_dim: int = 32
-    rope_grid: Optional[float] = None  # reference grid size P; None: sqrt(tokens_per_frame)
+    rope_grid: float | None = None  # reference grid size P; None: sqrt(tokens_per_frame)
     soft_clip: float = 4.0
     max_frames: int = 8  # deep-block attention window, in frames
     context_frames: int = 4  # frames re-encoded when a long video slides its window
     text_dim: int = 0  # width of text embeddings; 0: no text conditioning
     text_len: int = 0  # text tokens (prompts are padded / cut to this length)
-    text_encoder: Optional[str] = None  # None: built-in byte encoder; else a local path
-    num_actions: Optional[int] = None  # discrete action space size
-    action_dim: Optional[int] = None  # continuous action vector size
+    text_encoder: str | None = None  # None: built-in byte encoder; else a local path
+    num_actions: int | None = None  # discrete action space size
+    action_dim: int | None = None  # continuous action vector size
     noise_std: float = 0.05  # training noise, in model units ([-1, 1] pixels)
     denoiser_depth: int = 1
     denoiser_width: int = 64
     denoiser_window: int = 4  # frames the denoiser sees (itself and window - 1 past ones)
     denoiser_lookahead: int = 0  # future frames the denoiser sees (0: strictly causal)
-    env_id: Optional[str] = None  # the Gymnasium env a world model was trained on
-    crop: Optional[tuple[int, int, int, int]] = None  # raw render crop (top, bottom, left, right)
+    task_heads: bool = False  # learned reward / termination heads (world models of an env)
+    env_id: str | None = None  # the Gymnasium env a world model was trained on
+    crop: tuple[int, int, int, int] | None = None  # raw render crop (top, bottom, left, right)
 
     def __post_init__(self) -> None:
         self.frame_size = tuple(self.frame_size)
@@ -153,8 +153,8 @@ class SamplerConfig:
 
     name: str = "jacobi"
     threshold: float = 1e-6
-    max_iterations: Optional[int] = None
-    block_size: Optional[int] = None  # tokens per Jacobi block; None: a whole frame
+    max_iterations: int | None = None
+    block_size: int | None = None  # tokens per Jacobi block; None: a whole frame
 
     def __post_init__(self) -> None:
         if self.name not in ("jacobi", "sequential"):

@@ -124,10 +124,12 @@ def from_starflow(state_dict: dict[str, torch.Tensor], config: ModelConfig):
                 f"state_dict: {key!r} expected shape {tuple(ours[name].shape)}, got {tuple(value.shape)}"
             )
         mapped[name] = value
-    foreign = {k for k in ours if not k.startswith(("actions.", "text_encoder."))}
+    foreign = {k for k in ours if not k.startswith(("actions.", "text_encoder.", "heads."))}
     missing = sorted(foreign - set(mapped))
     if missing:
-        raise CheckpointError(f"state_dict: missing reference weights for {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        raise CheckpointError(
+            f"state_dict: missing reference weights for {missing[:5]}{'...' if len(missing) > 5 else ''}"
+        )
     model.load_state_dict(mapped, strict=False)
     dtypes = {v.dtype for v in mapped.values()}
     if len(dtypes) == 1:

@@ -32,7 +32,9 @@ class KVCache:
         device: torch.device | str = "cpu",
     ) -> KVCache:
         shape = (batch, layers, heads, capacity, head_dim)
-        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        return cls(
+            torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+        )
 
     @property
     def batch_size(self) -> int:

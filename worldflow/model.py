@@ -24,6 +24,7 @@ from .config import ModelConfig, SamplerConfig, preset
 from .denoiser import Denoiser
 from .errors import WorldFlowError
 from .flow import FlowBlock
+from .heads import TaskHeads
 from .nn import rope_table
 from .sampling import VideoState
 
@@ -72,6 +73,8 @@ class WorldFlow(nn.Module):
             lookahead=cfg.denoiser_lookahead,
             text_dim=cfg.text_dim,
         )
+        self.heads = TaskHeads(cfg.channels) if cfg.task_heads else None
+        self.info: dict = {}  # what from_pretrained read beside the weights (training record)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -127,13 +130,19 @@ class WorldFlow(nn.Module):
         """str | list[str] | (B, S, text_dim) tensor | None -> text embeddings or None."""
         cfg = self.config
         if prompt is None:
-            return self.encode_prompt([""] * batch, batch) if cfg.has_text and self._can_encode_text() else None
+            return (
+                self.encode_prompt([""] * batch, batch) if cfg.has_text and self._can_encode_text() else None
+            )
         if not cfg.has_text:
-            raise WorldFlowError(f"prompt: this model was trained without text; expected None, got {type(prompt).__name__}")
+            raise WorldFlowError(
+                f"prompt: this model was trained without text; expected None, got {type(prompt).__name__}"
+            )
         if isinstance(prompt, Tensor):
             expected = (batch, cfg.text_len, cfg.text_dim)
             if prompt.dim() != 3 or prompt.shape[0] != batch or prompt.shape[2] != cfg.text_dim:
-                raise WorldFlowError(f"prompt: expected a float tensor of shape {expected}, got {tuple(prompt.shape)}")
+                raise WorldFlowError(
+                    f"prompt: expected a float tensor of shape {expected}, got {tuple(prompt.shape)}"
+                )
             if not prompt.is_floating_point():
                 raise WorldFlowError(f"prompt: expected a float tensor, got dtype {prompt.dtype}")
             return prompt.to(self.device, self.dtype)
@@ -162,17 +171,25 @@ class WorldFlow(nn.Module):
         if cfg.num_actions is not None:
             if actions.dim() != 2 or actions.shape[0] != batch or actions.shape[1] not in lengths:
                 raise WorldFlowError(
-                    f"{name}: expected integer actions of shape ({batch}, {frames}) or ({batch}, {frames - 1}), "
-                    f"got {tuple(actions.shape)}"
+                    f"{name}: expected integer actions of shape ({batch}, {frames}) or "
+                    f"({batch}, {frames - 1}), got {tuple(actions.shape)}"
                 )
             if actions.is_floating_point() or actions.dtype == torch.bool:
-                raise WorldFlowError(f"{name}: expected integer dtype (discrete actions), got {actions.dtype}")
+                raise WorldFlowError(
+                    f"{name}: expected integer dtype (discrete actions), got {actions.dtype}"
+                )
             if actions.numel() and (actions.min() < 0 or actions.max() >= cfg.num_actions):
-                raise WorldFlowError(f"{name}: expected values in [0, {cfg.num_actions}), got range "
-                                     f"[{int(actions.min())}, {int(actions.max())}]")
+                raise WorldFlowError(
+                    f"{name}: expected values in [0, {cfg.num_actions}), got range "
+                    f"[{int(actions.min())}, {int(actions.max())}]"
+                )
             return actions.long()
-        if actions.dim() != 3 or actions.shape[0] != batch or actions.shape[1] not in lengths \
-                or actions.shape[2] != cfg.action_dim:
+        if (
+            actions.dim() != 3
+            or actions.shape[0] != batch
+            or actions.shape[1] not in lengths
+            or actions.shape[2] != cfg.action_dim
+        ):
             raise WorldFlowError(
                 f"{name}: expected float actions of shape ({batch}, {frames}, {cfg.action_dim}) or "
                 f"({batch}, {frames - 1}, {cfg.action_dim}), got {tuple(actions.shape)}"
@@ -262,7 +279,9 @@ class WorldFlow(nn.Module):
         logdet = sum(ld.sum(dim=(2, 3)) for ld in logdets)
         return self.codec.from_tokens(z), logdet
 
-    def log_prob(self, frames: Tensor, actions=None, prompt=None, *, noise: bool = False, seed=None) -> LogProb:
+    def log_prob(
+        self, frames: Tensor, actions=None, prompt=None, *, noise: bool = False, seed=None
+    ) -> LogProb:
         """Exact per-frame log-likelihood of uint8 frames (B, T, H, W, C).
 
         With the frames' model values x = v / 127.5 - 1, the flow's density p(x) is that of
@@ -277,7 +296,9 @@ class WorldFlow(nn.Module):
         x = frames_to_model(frames).to(self.device, self.dtype)
         if noise:
             gen = _generator(seed, self.device)
-            x = x + self.config.noise_std * torch.randn(x.shape, generator=gen, device=self.device, dtype=x.dtype)
+            x = x + self.config.noise_std * torch.randn(
+                x.shape, generator=gen, device=self.device, dtype=x.dtype
+            )
         actions = self.check_actions(actions, x.shape[0], x.shape[1])
         text = self.encode_prompt(prompt, x.shape[0])
         nll = self.frame_nll(x, actions, text) + self.config.dims_per_frame * LOG_PIXEL_SCALE
@@ -315,33 +336,59 @@ class WorldFlow(nn.Module):
             x = frames_to_model(context).to(self.device, self.dtype)
             if context_noise:
                 gen = _generator(seed, self.device)
-                x = x + self.config.noise_std * torch.randn(x.shape, generator=gen, device=self.device, dtype=x.dtype)
+                x = x + self.config.noise_std * torch.randn(
+                    x.shape, generator=gen, device=self.device, dtype=x.dtype
+                )
             actions = self.check_actions(actions, batch_size, x.shape[1], "actions")
             self.push_context(state, x, actions)
         return state
 
-    def push_context(self, state: VideoState, x: Tensor, actions: Tensor | None = None) -> None:
-        """Encode known frames x (B, F, C, H, W) (model space) into the state, one pass."""
+    def push_context(
+        self, state: VideoState, x: Tensor, actions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Encode known frames x (B, F, C, H, W) (model space) into the state in one pass.
+
+        The first frame continues the state's video: its condition is `actions[:, 0]`
+        when the state already has frames and F actions are given (else the null
+        action); `actions[:, t]` conditions frame t + 1. Returns the frames' latents
+        z (B, F, C, H, W) and NLLs (B, F) in nats, model units — exactly what a full
+        `frame_nll` pass gives when the video fits the window.
+        """
         cfg = self.config
         b, f = x.shape[:2]
-        if f > cfg.max_frames:  # only what the window would hold after sliding matters
-            keep = cfg.context_frames
-            x, actions = x[:, -keep:], None if actions is None else actions[:, f - keep : f - 1]
-            f = keep
         tokens = self.codec.to_tokens(x)
         cos, sin = self.shallow_rope()
+        log_scale = x.new_zeros(b, f)
         for i, block in enumerate(self.shallow_blocks):
             state.shallow_prev[i] = tokens[:, -1:]  # block i's input: its Jacobi init next frame
             u = tokens.flatten(0, 1)
-            v, _ = block(u.flip(1) if self.flips(i) else u, cos, sin)
+            v, logdet = block(u.flip(1) if self.flips(i) else u, cos, sin)
             tokens = (v.flip(1) if self.flips(i) else v).view_as(tokens)
-        cond = self._frame_cond(actions, b, f)
-        if state.frames_in_window + f > cfg.max_frames:
-            sampling.slide_window(self, state)
-        sampling.append_frames(self, state, self.deep_order(tokens), cond)
+            log_scale -= logdet.view(b, f, -1).sum(-1)
+        cond = None
+        if self.actions is not None:
+            if state.frames_in_window and actions is not None and actions.shape[1] == f:
+                cond = self.actions.embed(actions)
+            else:
+                cond = self.actions.per_frame(actions, f, b)
+        deep = self.deep_order(tokens)
+        zs, done = [], 0
+        while done < f:  # as in generation: slide the window only when it is full
+            if state.frames_in_window == cfg.max_frames:
+                sampling.slide_window(self, state)
+            n = min(cfg.max_frames - state.frames_in_window, f - done)
+            part = None if cond is None else cond[:, done : done + n]
+            v, log_a = sampling.append_frames(self, state, deep[:, done : done + n], part)
+            zs.append(v)
+            log_scale[:, done : done + n] += log_a.sum(dim=(2, 3))
+            done += n
+        v = torch.cat(zs, dim=1)
+        z = self.deep_order(v)
+        nll = 0.5 * z.pow(2).sum(dim=(2, 3)) + 0.5 * cfg.dims_per_frame * self.LOG_2PI + log_scale
         keep = max(cfg.denoiser_window - 1, 0)
         state.recent = torch.cat([state.recent, x], dim=1)[:, -keep:] if keep else state.recent[:, :0]
         state.frame_index += f
+        return self.codec.from_tokens(z), nll
 
     def step(
         self,
@@ -452,7 +499,9 @@ class WorldFlow(nn.Module):
         for i in range(num_frames):
             t = n_ctx + i  # index of the frame being generated
             action = None if actions is None or t == 0 else actions[:, t - 1]
-            x, _ = self.step(state, action, temperature=temperature, sampler=sampler, denoise=denoise, generator=gen)
+            x, _ = self.step(
+                state, action, temperature=temperature, sampler=sampler, denoise=denoise, generator=gen
+            )
             frames.append(x)
         return model_to_frames(torch.stack(frames, dim=1))
 
@@ -466,13 +515,20 @@ class WorldFlow(nn.Module):
     def _check_frames(self, frames, name: str) -> Tensor:
         cfg = self.config
         if cfg.codec != "patch":
-            raise WorldFlowError(f"{name}: this model works on codec latents; pass latents to encode()/decode()")
+            raise WorldFlowError(
+                f"{name}: this model works on codec latents; pass latents to encode()/decode()"
+            )
         frames = torch.as_tensor(frames)
         expected = (*cfg.frame_size, cfg.channels)
         if frames.dtype != torch.uint8:
-            raise WorldFlowError(f"{name}: expected uint8 frames (B, T, {', '.join(map(str, expected))}), got dtype {frames.dtype}")
+            raise WorldFlowError(
+                f"{name}: expected uint8 frames (B, T, {', '.join(map(str, expected))}), "
+                f"got dtype {frames.dtype}"
+            )
         if frames.dim() != 5 or tuple(frames.shape[2:]) != expected or frames.shape[1] == 0:
-            raise WorldFlowError(f"{name}: expected shape (B, T, {', '.join(map(str, expected))}), got {tuple(frames.shape)}")
+            raise WorldFlowError(
+                f"{name}: expected shape (B, T, {', '.join(map(str, expected))}), got {tuple(frames.shape)}"
+            )
         return frames
 
     def _check_video(self, x: Tensor, name: str) -> Tensor:
@@ -481,7 +537,9 @@ class WorldFlow(nn.Module):
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise WorldFlowError(f"{name}: expected a float tensor (B, T, {', '.join(map(str, expected))})")
         if x.dim() != 5 or tuple(x.shape[2:]) != expected or x.shape[1] == 0:
-            raise WorldFlowError(f"{name}: expected shape (B, T, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+            raise WorldFlowError(
+                f"{name}: expected shape (B, T, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+            )
         return x.to(self.device, self.dtype)
 
 

@@ -150,7 +150,9 @@ class SelfAttention(nn.Module):
         layer: int,
     ) -> Tensor:
         # h: (B, L, width); cos/sin: rows of the new slots
-        q, k, v = rearrange(self.qkv(self.norm(h)), "b l (three n d) -> three b n l d", three=3, d=self.head_dim)
+        q, k, v = rearrange(
+            self.qkv(self.norm(h)), "b l (three n d) -> three b n l d", three=3, d=self.head_dim
+        )
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:  # keys are cached after rotation: a slot's angle never changes
             k, v = cache.write(layer, k, v)

@@ -152,11 +152,15 @@ def new_state(model, batch: int, text: Tensor | None, guidance: float, like: Ten
     )
 
 
-def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None) -> None:
+def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
     """Encode known frames (deep-block inputs, deep order, (B, F', N, c)) into the window
-    in one parallel pass — context frames, observed real frames, re-encoded history."""
+    in one parallel pass — context frames, observed real frames, re-encoded history.
+
+    Returns the deep block's latents and log-scales for them, (B, F', N, c) each, so
+    that the caller can score the frames: v = (u - b) / a.
+    """
     if tokens.shape[1] == 0:
-        return
+        return tokens, tokens
     cfg = model.config
     n = cfg.tokens_per_frame
     f0, f1 = state.frames_in_window, state.frames_in_window + tokens.shape[1]
@@ -167,10 +171,13 @@ def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None)
     cos, sin = model.deep_rope(f1, text_len)
     rows = slice(text_len + f0 * n, text_len + f1 * n)
     slot_cond = None if cond is None else cond.repeat_interleave(n, dim=1)
-    model.deep_block.inverse(torch.zeros_like(seq), inputs, cos[rows], sin[rows], state.cache, slot_cond, state.guidance)
+    b, a = model.deep_block.inverse(
+        torch.zeros_like(seq), inputs, cos[rows], sin[rows], state.cache, slot_cond, state.guidance
+    )
     state.tokens = torch.cat([state.tokens, tokens], dim=1)
     if state.cond is not None:
         state.cond = torch.cat([state.cond, cond], dim=1)
+    return ((seq - b) / a).view_as(tokens), a.log().view_as(tokens)
 
 
 def slide_window(model, state: VideoState) -> None:
@@ -224,7 +231,9 @@ def next_frame(
     def deep_step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
         c = None if slot_cond is None else slot_cond[:, lo:hi]
         rows = slice(base + lo, base + hi)
-        return model.deep_block.inverse(v_deep[:, lo:hi], inputs, cos[rows], sin[rows], state.cache, c, state.guidance)
+        return model.deep_block.inverse(
+            v_deep[:, lo:hi], inputs, cos[rows], sin[rows], state.cache, c, state.guidance
+        )
 
     u_deep, a, calls = _solve_frame(deep_step, first, init, state.cache, sampler, n)
     log_scale += a.log().sum(dim=(1, 2))
@@ -255,7 +264,9 @@ def next_frame(
     z_sq = v.pow(2).sum(dim=(1, 2))
     nll = 0.5 * z_sq + 0.5 * cfg.dims_per_frame * model.LOG_2PI + log_scale
     keep = max(cfg.denoiser_window - 1, 0)
-    state.recent = torch.cat([state.recent[:, state.recent.shape[1] - keep :] if keep else state.recent[:, :0], x[:, None]], 1)
+    state.recent = torch.cat(
+        [state.recent[:, state.recent.shape[1] - keep :] if keep else state.recent[:, :0], x[:, None]], 1
+    )
     state.frame_index += 1
     return x, nll, calls
 
@@ -269,7 +280,9 @@ def _solve_frame(step: Step, first: Tensor, init: Tensor, cache: KVCache, sample
         if sampler.name == "sequential":
             u, a, c = solve_sequential(step, lo, hi, first)
         else:
-            u, a, c = solve_jacobi(step, lo, hi, first, init[:, lo:hi], cache, sampler.threshold, sampler.max_iterations)
+            u, a, c = solve_jacobi(
+                step, lo, hi, first, init[:, lo:hi], cache, sampler.threshold, sampler.max_iterations
+            )
         us.append(u)
         scales.append(a)
         calls = c if calls is None else calls + c
