@@ -54,23 +54,37 @@ def solve_jacobi(
     threshold: float,
     max_iterations: int | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fixed-point iteration over slots [lo, hi), per item. Returns u, a, iterations (B,)."""
+    """Fixed-point iteration over slots [lo, hi), per item. Returns u, a, iterations (B,).
+
+    An item stops when mean((new - old)^2) <= threshold * mean(new^2) over the chunk.
+    Tokens before the first one that still moves (in any running item) are final: the
+    next iterate only recomputes the rest, its keys replacing theirs in the cache. The
+    first recomputed token always had exact inputs, so at least one token becomes final
+    per iteration and a chunk of m tokens is exact after m iterations (the default cap).
+    """
     m = hi - lo
     limit = m if max_iterations is None else max(1, min(max_iterations, m))
-    guess = init
+    guess, scale = init, torch.ones_like(init)
     done = torch.zeros(init.shape[0], dtype=torch.bool, device=init.device)
     iterations = torch.zeros(init.shape[0], dtype=torch.long, device=init.device)
+    start = 0  # first token still being solved
     for it in range(1, limit + 1):
-        new, a = step(lo, hi, torch.cat([first_input, guess[:, :-1]], dim=1))
-        new = torch.where(done[:, None, None], guess, new)  # converged items stay put
-        change = (new - guess).pow(2).mean(dim=(1, 2))
-        size = new.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
+        head = first_input if start == 0 else guess[:, start - 1 : start]
+        tail, a = step(lo + start, hi, torch.cat([head, guess[:, start:-1]], dim=1))
+        tail = torch.where(done[:, None, None], guess[:, start:], tail)  # finished items stay put
+        moved = (tail - guess[:, start:]).pow(2).mean(dim=2)  # (B, m - start)
+        guess = torch.cat([guess[:, :start], tail], dim=1)
+        scale = torch.cat([scale[:, :start], a], dim=1)
+        size = guess.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(guess.dtype).tiny)
         iterations += (~done).long()
-        done = done | (change <= threshold * size)
-        guess = new
+        done = done | (moved.sum(1) / m <= threshold * size)
         if bool(done.all()) or it == limit:
-            return guess, a, iterations
-        cache.rewind(m)  # reject this iterate's keys; the next pass recomputes them
+            return guess, scale, iterations
+        still = (moved > threshold * size[:, None]) & ~done[:, None]  # (B, m - start)
+        first_moving = int(still.any(0).long().argmax()) if bool(still.any()) else m - start
+        new_start = min(start + max(first_moving, 1), m - 1)
+        cache.rewind(hi - (lo + new_start))  # keep the keys of the final prefix
+        start = new_start
     raise AssertionError("unreachable")
 
 

@@ -1,0 +1,33 @@
+"""Data: trajectories collected from Gymnasium environments, clips for training, and a
+pixel reader that checks CartPole frames against the true state.
+
+| module               | holds                                                         |
+|----------------------|---------------------------------------------------------------|
+| ``preprocess``       | raw renders -> model frames (crop, area resize); env defaults |
+| ``collect``          | rollouts -> TensorDict memmap dataset; ``load_dataset``       |
+| ``clips``            | ``ClipDataset``: episode-split, fixed-length windows          |
+| ``cartpole_reader``  | CartPole frames -> (cart x, pole angle)                       |
+"""
+
+from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
+from worldflow.data.clips import ClipDataset
+from worldflow.data.collect import collect, load_dataset, record_episode
+from worldflow.data.preprocess import (
+    CARTPOLE_CROP,
+    CARTPOLE_FRAME_SIZE,
+    default_preprocessing,
+    preprocess_frames,
+)
+
+__all__ = [
+    "CARTPOLE_CROP",
+    "CARTPOLE_FRAME_SIZE",
+    "ClipDataset",
+    "cartpole_pixels_per_unit",
+    "collect",
+    "default_preprocessing",
+    "load_dataset",
+    "preprocess_frames",
+    "read_cartpole_state",
+    "record_episode",
+]
