@@ -163,3 +163,26 @@ def test_7b_preset_on_meta_device():
         model = wf.WorldFlow.from_preset("starflow-v-7b")
     params = sum(p.numel() for p in model.parameters())
     assert abs(params - 6.89e9) / 6.89e9 < 0.02, params
+
+
+def test_window_of_one_frame_makes_frames_independent():
+    model = build(seed=4, num_actions=2, max_frames=1, context_frames=0)
+    x = video(batch=1, frames=3)
+    nll = model.frame_nll(x, torch.tensor([[0, 1, 0]]))
+    alone = torch.cat([model.frame_nll(x[:, t : t + 1]) for t in range(3)], dim=1)
+    assert (nll - alone).abs().max().item() <= 1e-4  # neither other frames nor actions matter
+    z, _ = model.encode(x)
+    assert (model.decode(z, sampler=TIGHT) - x).abs().max().item() <= 1e-4
+
+
+def test_corrupted_pretrained_weights_raise(tiny, tmp_path):
+    path = tiny.save_pretrained(tmp_path / "m")
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # a flipped byte inside a tensor: safetensors alone would not notice
+    weights.write_bytes(bytes(data))
+    with pytest.raises(wf.CheckpointError, match="checksum"):
+        wf.WorldFlow.from_pretrained(path)
+    weights.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(wf.CheckpointError):
+        wf.WorldFlow.from_pretrained(path)

@@ -1,13 +1,16 @@
 """Weights on disk: safetensors + JSON, written atomically, read without unpickling.
 
-A pretrained directory holds `model.safetensors` and `config.json`
-(`{"model": ModelConfig fields, ...extra}`). Every file is written to a temporary
-name in the same directory, flushed and fsync'ed, then `os.replace`d into place, so a
+A pretrained directory holds `model.safetensors`, `config.json`
+(`{"model": ModelConfig fields, ...extra}`) and, for world models of an environment,
+`start_frames.safetensors` (real first frames, uint8 (K, H, W, 3), where dreams begin);
+config.json records each file's SHA-256, checked on loading. Every file is written to a
+temporary name in the same directory, flushed and fsync'ed, then `os.replace`d into place, so a
 crash mid-write leaves the previous file intact and no partial file under the final name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,7 +24,7 @@ from .config import ModelConfig
 from .errors import CheckpointError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
+WEIGHTS, CONFIG, START_FRAMES = "model.safetensors", "config.json", "start_frames.safetensors"
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -98,8 +101,29 @@ def resolve(name_or_path: str | Path) -> Path:
 def save_pretrained(model, path: str | Path, extra: dict | None = None) -> Path:
     path = Path(path)
     write_tensors(path / WEIGHTS, model.state_dict(), metadata={"format": "pt"})
-    write_json(path / CONFIG, {**(extra or {}), "model": model.config.to_dict()})
+    files = [WEIGHTS]
+    if model.start_frames is not None:
+        write_tensors(path / START_FRAMES, {"frames": model.start_frames})
+        files.append(START_FRAMES)
+    sums = {name: sha256(path / name) for name in files}
+    write_json(
+        path / CONFIG, {**model.info, **(extra or {}), "sha256": sums, "model": model.config.to_dict()}
+    )
     return path
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, sums: dict) -> None:
+    for name, expected in sums.items():
+        if (path / name).is_file() and sha256(path / name) != expected:
+            raise CheckpointError(f"{path / name}: checksum mismatch with config.json: the file is corrupted")
 
 
 def load_pretrained(cls, name_or_path, device="cpu"):
@@ -107,10 +131,19 @@ def load_pretrained(cls, name_or_path, device="cpu"):
     meta = read_json(path / CONFIG)
     if "model" not in meta:
         raise CheckpointError(f"{path / CONFIG}: expected a 'model' section, got keys {sorted(meta)}")
+    verify(path, meta.get("sha256", {}))
     config = ModelConfig.from_dict(meta["model"])
     model = cls(config)
     load_weights(model, read_tensors(path / WEIGHTS), path / WEIGHTS)
-    model.info = {k: v for k, v in meta.items() if k != "model"}
+    model.info = {k: v for k, v in meta.items() if k not in ("model", "sha256")}
+    if (path / START_FRAMES).is_file():
+        frames = read_tensors(path / START_FRAMES).get("frames")
+        expected = (*config.frame_size, config.channels)
+        if frames is None or frames.dtype != torch.uint8 or tuple(frames.shape[1:]) != expected:
+            raise CheckpointError(
+                f"{path / START_FRAMES}: expected uint8 'frames' (K, {expected}), got {frames}"
+            )
+        model.start_frames = frames
     return model.to(device).eval()
 
 

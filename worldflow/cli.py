@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 
 # command -> (module, schema class, run function)
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     cfg = parse(getattr(module, schema_name), argv[1:], f"worldflow_{argv[0]}")
     summary = getattr(module, run_name)(cfg)
-    print(json.dumps(summary, default=float))
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, also under torchrun
+        print(json.dumps(summary, default=float))
     return 0
 
 

@@ -39,7 +39,7 @@ class ModelConfig:
     head_dim: int = 32
     rope_grid: float | None = None  # reference grid size P; None: sqrt(tokens_per_frame)
     soft_clip: float = 4.0
-    max_frames: int = 8  # deep-block attention window, in frames
+    max_frames: int = 8  # deep-block attention window, in frames (1: frames independent)
     context_frames: int = 4  # frames re-encoded when a long video slides its window
     text_dim: int = 0  # width of text embeddings; 0: no text conditioning
     text_len: int = 0  # text tokens (prompts are padded / cut to this length)
@@ -119,10 +119,10 @@ class ModelConfig:
                 f"text_dim / text_len: expected both zero or both positive, got "
                 f"{self.text_dim} / {self.text_len}"
             )
-        if not 1 <= self.context_frames < self.max_frames:
+        if self.max_frames < 1 or not 0 <= self.context_frames < self.max_frames:
             raise ConfigError(
-                f"context_frames: expected 1 <= context_frames < max_frames={self.max_frames}, "
-                f"got {self.context_frames}"
+                f"max_frames / context_frames: expected max_frames >= 1 and 0 <= context_frames < "
+                f"max_frames, got {self.max_frames} / {self.context_frames}"
             )
         if self.codec not in ("patch", "latent"):
             raise ConfigError(f"codec: expected 'patch' or 'latent', got {self.codec!r}")
@@ -175,8 +175,8 @@ PRESETS: dict[str, ModelConfig] = {
         deep_depth=4,
         deep_width=192,
         head_dim=32,
-        max_frames=16,
-        context_frames=8,
+        max_frames=8,  # = the training clip length: time offsets stay within what was seen
+        context_frames=4,
         denoiser_depth=2,
         denoiser_width=128,
         denoiser_window=4,

@@ -53,6 +53,8 @@ class KVCache:
         start, end = self.length, self.length + k.shape[2]
         if end > self.capacity:
             raise RuntimeError(f"KV cache overflow: {end} slots needed, capacity {self.capacity}")
+        if k.requires_grad or v.requires_grad:  # autograd through the cache (exact scores):
+            self.keys, self.values = self.keys.clone(), self.values.clone()  # keep saved views intact
         self.keys[:, layer, :, start:end] = k
         self.values[:, layer, :, start:end] = v
         return self.keys[:, layer, :, :end], self.values[:, layer, :, :end]

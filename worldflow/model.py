@@ -75,6 +75,7 @@ class WorldFlow(nn.Module):
         )
         self.heads = TaskHeads(cfg.channels) if cfg.task_heads else None
         self.info: dict = {}  # what from_pretrained read beside the weights (training record)
+        self.start_frames: Tensor | None = None  # real first frames (K, H, W, 3) uint8, if any
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -418,11 +419,27 @@ class WorldFlow(nn.Module):
                 cond = self.actions.null.expand(b, -1)
             else:
                 cond = self.actions.embed(torch.as_tensor(action, device=self.device))
+        if denoise not in (True, False, "learned", "exact"):
+            raise WorldFlowError(f"denoise: expected True, False, 'learned' or 'exact', got {denoise!r}")
+        before = state.clone() if denoise == "exact" else None
         x, nll, calls = sampling.next_frame(self, state, z, cond, sampler)
         info = {"nll": nll + cfg.dims_per_frame * LOG_PIXEL_SCALE, "iterations": calls, "x_noisy": x}
-        if denoise:
+        if denoise == "exact":
+            x = self._exact_denoise_next(before, x, action)
+        elif denoise:
             x = self.denoise_recent(state)
         return x, info
+
+    def _exact_denoise_next(self, before: VideoState, x: Tensor, action) -> Tensor:
+        """x + sigma^2 grad log p(x | history): the frame's own conditional score."""
+        act = None
+        if self.actions is not None and before.frames_in_window and action is not None:
+            act = torch.as_tensor(action, device=self.device)[:, None]
+        with torch.enable_grad():
+            xg = x.detach()[:, None].requires_grad_(True)
+            _, nll = self.push_context(before, xg, act)
+            (grad,) = torch.autograd.grad(nll.sum(), xg)
+        return x - self.config.noise_std**2 * grad[:, 0]
 
     def denoise_recent(self, state: VideoState) -> Tensor:
         """Learned one-step denoising of the state's latest frame: x - sigma * D(window)."""
@@ -432,14 +449,29 @@ class WorldFlow(nn.Module):
         pred = self.denoiser(tokens, cos, sin)
         return window[:, -1] - self.config.noise_std * self.codec.from_tokens(pred)[:, -1]
 
-    def denoise(self, x: Tensor, prompt=None) -> Tensor:
-        """One-step flow-score denoising of noisy frames x (B, T, C, H, W): x - sigma D(x)."""
+    def denoise(self, x: Tensor, actions=None, prompt=None, method: str = "learned") -> Tensor:
+        """One-step flow-score denoising of noisy frames x (B, T, C, H, W) in model space.
+
+        x + sigma^2 grad_x log p(x) (Tweedie's formula for Gaussian noise of std sigma):
+        `"learned"` predicts sigma * grad NLL with the denoiser (one cheap pass);
+        `"exact"` takes the flow's own gradient by autograd (slow; for comparison and for
+        models without a trained denoiser).
+        """
         x = self._check_video(x, "x")
+        if method not in ("learned", "exact"):
+            raise WorldFlowError(f"method: expected 'learned' or 'exact', got {method!r}")
+        actions = self.check_actions(actions, x.shape[0], x.shape[1])
         text = self.encode_prompt(prompt, x.shape[0]) if self.config.has_text else None
+        sigma = self.config.noise_std
+        if method == "exact":
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self.frame_nll(xg, actions, text).sum(), xg)
+            return x - sigma**2 * grad
         tokens = self.codec.to_tokens(x)
         s = 0 if text is None else text.shape[1]
         cos, sin = self._rope(s, x.shape[1], True, x)
-        return x - self.config.noise_std * self.codec.from_tokens(self.denoiser(tokens, cos, sin, text))
+        return x - sigma * self.codec.from_tokens(self.denoiser(tokens, cos, sin, text))
 
     @torch.no_grad()
     def decode(
@@ -473,7 +505,7 @@ class WorldFlow(nn.Module):
         prompt=None,
         batch_size: int = 1,
         sampler: SamplerConfig | str = "jacobi",
-        denoise: bool = True,
+        denoise: bool | str = True,
         guidance: float = 0.0,
         temperature: float = 1.0,
         seed: int | torch.Generator | None = None,

@@ -143,6 +143,42 @@ class VideoState:
     def clone(self) -> VideoState:
         return self._map(lambda t: t.clone())
 
+    @staticmethod
+    def cat(states: list[VideoState]) -> VideoState:
+        """States concatenated along the batch (the inverse of `select` over a split).
+
+        They must hold the same number of frames in their windows (one cache length), the
+        same guidance and equally many denoiser frames. `frame_index`, one counter for the
+        batch, becomes the largest of theirs.
+        """
+        first = states[0]
+        layout = {(s.cache.length, s.frames_in_window, s.recent.shape[1], s.guidance) for s in states}
+        if len(layout) != 1:
+            raise ValueError(
+                f"states: expected equal (cache length, frames in window, recent frames, guidance), "
+                f"got {sorted(layout)}"
+            )
+
+        def halves(ts: list[Tensor]) -> Tensor:  # keep conditional halves before unconditional ones
+            if first.guidance <= 0:
+                return torch.cat(ts)
+            parts = [t.chunk(2) for t in ts]
+            return torch.cat([p[0] for p in parts] + [p[1] for p in parts])
+
+        return replace(
+            first,
+            cache=KVCache(
+                halves([s.cache.keys for s in states]), halves([s.cache.values for s in states]),
+                first.cache.length,
+            ),
+            tokens=torch.cat([s.tokens for s in states]),
+            cond=None if first.cond is None else torch.cat([s.cond for s in states]),
+            text=None if first.text is None else halves([s.text for s in states]),
+            shallow_prev=[torch.cat(p) for p in zip(*(s.shallow_prev for s in states))],
+            recent=torch.cat([s.recent for s in states]),
+            frame_index=max(s.frame_index for s in states),
+        )
+
 
 def new_state(model, batch: int, text: Tensor | None, guidance: float, like: Tensor) -> VideoState:
     """An empty video: the text prefix (and its null twin with guidance) in the cache."""
@@ -197,11 +233,12 @@ def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None)
 def slide_window(model, state: VideoState) -> None:
     """Window full: restart it from the last `context_frames` frames (reference section 9)."""
     keep = model.config.context_frames
-    tokens = state.tokens[:, -keep:]
+    tokens = state.tokens[:, state.frames_in_window - keep :]
     cond = None
     if state.cond is not None:  # the first kept frame begins a new video: no action
-        cond = state.cond[:, -keep:].clone()
-        cond[:, 0] = model.actions.null
+        cond = state.cond[:, state.frames_in_window - keep :].clone()
+        if keep:
+            cond[:, 0] = model.actions.null
     text_len = 0 if state.text is None else state.text.shape[1]
     state.cache.clear()
     if state.text is not None:

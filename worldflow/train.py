@@ -1,0 +1,652 @@
+"""Training: noise-augmented flow likelihood, flow-score matching and task heads.
+
+    worldflow train preset=small data=data/cartpole out=runs/cartpole
+
+One step on a batch of clips (frames uint8 (B, T, H, W, 3); `actions[:, t]` is taken
+after frame t and conditions frame t + 1; `rewards[t]`, `terminated[t]` label frame t + 1):
+
+    x        = frames_to_model(frames) + sigma * eps        (B, T, C, H, W), model units
+    flow     = reference_loss(flow_forward(x, actions))       NLL per dim, nats, no 0.5 log 2 pi
+    target   = sigma * d(total NLL of each clip) / dx         the flow's scaled score
+    denoiser = mse(denoiser(tokens of x), target)             flow-score matching
+    heads    = mse(reward(x_t, x_t+1), rewards[t])            on clean frames
+             + bce(terminated(x_t, x_t+1), terminated[t])     positives up-weighted
+
+The flow, the denoiser and the heads each have their own AdamW (linear warmup, then cosine
+decay to `min_lr_ratio`) and gradient clipping. Batches and noise come from generators
+seeded by (seed, step), so resuming needs no sampler state and is exact.
+
+Under `torchrun` each rank takes its slice of the global batch and the gradients are
+averaged across ranks (DDP's all-reduce, over gloo on CPU), so N ranks equal one process
+with the same global batch; `fsdp=true` shards the blocks with FSDP2 instead. Only rank 0
+writes logs and checkpoints. `torch.distributed` is touched only when WORLD_SIZE > 1.
+
+Checkpoints (`out/checkpoint/`): a committed step lives in `step_XXXXXXXX/` (weights,
+optimizer state flattened into safetensors, RNG state, and a JSON file with everything
+else); `latest.json`, written last, names it with each file's SHA-256. Every file is
+written atomically, nothing is pickled, and a truncated or corrupted file raises
+`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shlex
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from tqdm import tqdm
+
+from .checkpoint import read_json, read_tensors, write_json, write_tensors
+from .codec import LOG_PIXEL_SCALE, frames_to_model
+from .config import preset
+from .data import ClipDataset, load_dataset
+from .errors import CheckpointError, ConfigError
+from .model import WorldFlow
+
+PARTS = ("flow", "denoiser", "heads")  # one optimizer each
+BATCH_STREAM, VAL_STREAM = 0, 1  # independent random streams of a (seed, step) generator
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run (`worldflow train key=value ...`)."""
+
+    preset: str = "tiny"  # model preset: "tiny", "small", "starflow-v-7b"
+    model: dict = field(default_factory=dict)  # ModelConfig overrides: +model.deep_depth=2
+    data: str = "data/cartpole"  # dataset folder written by `worldflow collect`
+    out: str = "runs/worldflow"  # run folder: log.csv, tb/, checkpoint/, model/
+    steps: int = 2000  # total optimizer steps (a resumed run continues up to this)
+    batch_size: int = 16  # global: split evenly over the ranks
+    clip_len: int = 8  # frames per training clip
+    val_fraction: float = 0.1  # fraction of episodes held out
+    lr: float = 3e-4  # flow peak learning rate
+    denoiser_lr: float = 3e-4
+    heads_lr: float = 1e-3
+    warmup_steps: int = 100  # linear warmup from lr / warmup_steps
+    lr_decay_steps: int | None = None  # cosine horizon; None: steps
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of the peak
+    weight_decay: float = 1e-4  # on matrices only
+    grad_clip: float = 1.0  # max gradient norm, per optimizer
+    noise_std: float | None = None  # training noise sigma, model units; None: the preset's
+    val_every: int = 250
+    val_batches: int = 4
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False  # continue from out/checkpoint (exactly)
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    fsdp: bool = False  # shard with FSDP2 (large presets, torchrun only)
+    device: str = "cpu"
+    progress: bool = True  # tqdm bar on rank 0
+
+
+# ------------------------------------------------------------------------------ set-up
+def build_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
+    """The preset with `cfg.model` overrides, shaped by the dataset's meta (frames, actions)."""
+    overrides = dict(cfg.model)
+    size = tuple(meta["frame_size"])
+    if "frame_size" in overrides and tuple(overrides["frame_size"]) != size:
+        raise ConfigError(
+            f"model.frame_size: the dataset {cfg.data!r} has frames of {list(size)}, "
+            f"got an override of {list(overrides['frame_size'])}"
+        )
+    if cfg.noise_std is not None:
+        if overrides.get("noise_std", cfg.noise_std) != cfg.noise_std:
+            raise ConfigError(f"noise_std: got {cfg.noise_std} and model.noise_std="
+                              f"{overrides['noise_std']}; expected one of them")
+        overrides["noise_std"] = cfg.noise_std
+    space = meta["action_space"]
+    if space["type"] == "discrete":
+        overrides.update(num_actions=int(space["n"]), action_dim=None)
+    else:
+        overrides.update(action_dim=int(np.prod(space["shape"])), num_actions=None)
+    crop = meta.get("crop")
+    overrides.update(frame_size=size, crop=None if crop is None else tuple(crop),
+                     env_id=meta.get("env_id"), task_heads=True)
+    return WorldFlow(preset(cfg.preset, **overrides))
+
+
+def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.AdamW]:
+    """AdamW for the flow, the denoiser and the heads; weight decay on matrices only."""
+    params = {part: ([], []) for part in PARTS}
+    for name, p in model.named_parameters():
+        part = name.split(".")[0] if name.split(".")[0] in PARTS else "flow"
+        params[part][p.dim() < 2].append(p)
+    lrs = {"flow": cfg.lr, "denoiser": cfg.denoiser_lr, "heads": cfg.heads_lr}
+    return {
+        part: torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}], lr=lrs[part])
+        for part, (decay, no_decay) in params.items()
+    }
+
+
+def lr_factor(step: int, warmup: int, horizon: int, floor: float) -> float:
+    """Linear warmup over `warmup` steps, then cosine from 1 down to `floor` at `horizon`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(horizon - warmup, 1), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_schedulers(optimizers: dict, cfg: TrainConfig) -> dict:
+    horizon = cfg.lr_decay_steps or cfg.steps
+
+    def schedule(step: int) -> float:  # a plain function: LambdaLR's state stays JSON
+        return lr_factor(step, cfg.warmup_steps, horizon, cfg.min_lr_ratio)
+
+    return {k: torch.optim.lr_scheduler.LambdaLR(o, schedule) for k, o in optimizers.items()}
+
+
+def termination_pos_weight(terminated: Tensor, clips: ClipDataset) -> Tensor:
+    """negatives / positives over the training clips' transitions (terminations are rare)."""
+    count = torch.cat([torch.zeros(1), terminated.double().cumsum(0)])
+    pairs = clips.clip_len - 1  # labels of a clip: terminated[start : start + T - 1]
+    positives = float((count[clips.starts + pairs] - count[clips.starts]).sum())
+    total = len(clips) * pairs
+    return torch.tensor((total - positives) / positives if positives else 1.0)
+
+
+def first_frames(tensordict, episodes: list[int], limit: int = 64) -> Tensor:
+    """The first frame of each of up to `limit` episodes, uint8 (K, H, W, 3): where the
+    trained model's dreams start (`WorldFlow.start_frames`)."""
+    first = (tensordict["step"] == 0) & torch.isin(tensordict["episode"], torch.tensor(episodes))
+    return tensordict["frames"][first][:limit].clone()
+
+
+# ------------------------------------------------------------------------------ batches
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A generator that depends only on (seed, stream, step)."""
+    state = np.random.SeedSequence([seed, stream, step]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) >> 1)
+
+
+def sample_batch(clips: ClipDataset, batch_size: int, gen: torch.Generator, rank: int = 0,
+                 world: int = 1) -> dict[str, Tensor]:
+    """This rank's slice of a global batch of clips, with its noise eps (B, T, C, H, W)."""
+    index = torch.randint(len(clips), (batch_size,), generator=gen)
+    part = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+    items = [clips[int(i)] for i in index[part]]
+    t, h, w, c = items[0]["frames"].shape
+    noise = torch.randn((batch_size, t, c, h, w), generator=gen)[part]
+    return {**{key: torch.stack([item[key] for item in items]) for key in items[0]},
+            "noise": noise}
+
+
+# ------------------------------------------------------------------------------ one step
+def denoiser_prediction(model: WorldFlow, x: Tensor) -> Tensor:
+    """The denoiser's output for noisy frames x (B, T, C, H, W), as tokens (B, T, N, c)."""
+    cos, sin = model.deep_rope(x.shape[1])  # temporal positions, as `WorldFlow.denoise`
+    return model.denoiser(model.codec.to_tokens(x), cos, sin)
+
+
+def heads_losses(model: WorldFlow, x: Tensor, rewards: Tensor, terminated: Tensor,
+                 pos_weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Reward MSE and balanced termination BCE over the pairs (frame t, frame t + 1)."""
+    reward, logit = model.heads(x[:, :-1].flatten(0, 1), x[:, 1:].flatten(0, 1))
+    label = terminated[:, :-1].flatten().to(logit.dtype)
+    return (F.mse_loss(reward, rewards[:, :-1].flatten().to(reward.dtype)),
+            F.binary_cross_entropy_with_logits(logit, label, pos_weight=pos_weight))
+
+
+def compute_gradients(model: WorldFlow, batch: dict, sigma: float, pos_weight: Tensor) -> dict:
+    """Forward once, fill every parameter's .grad; returns the (detached) losses.
+
+    The score target is d(flow loss)/dx times x.numel() * sigma, exactly
+    `denoiser.score_target`, but read from x.grad after the backward that trains the flow
+    instead of a second backward through the flow (a quarter of the step's cost).
+    """
+    device = model.device
+    x_clean = frames_to_model(batch["frames"].to(device))
+    x = (x_clean + sigma * batch["noise"].to(device)).requires_grad_(True)
+    z, logdets, _ = model.flow_forward(x, batch["actions"].to(device))
+    flow = model.reference_loss(z, logdets)
+    flow.backward()
+    target = model.codec.to_tokens(x.grad * x.numel() * sigma)
+    denoiser = F.mse_loss(denoiser_prediction(model, x.detach()), target)
+    reward, termination = heads_losses(model, x_clean, batch["rewards"].to(device),
+                                       batch["terminated"].to(device), pos_weight.to(device))
+    (denoiser + reward + termination).backward()
+    losses = {"flow_loss": flow, "denoiser_loss": denoiser, "reward_loss": reward,
+              "termination_loss": termination}
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def average_gradients(params: list[Tensor]) -> None:
+    """Mean of each gradient over the ranks, in one all-reduce: DDP's arithmetic.
+
+    The DDP wrapper reduces from hooks armed by its `forward` for one backward; this step
+    runs two (the flow's, whose input gradient is the denoiser's target, then the
+    denoiser's and heads'), so the reduction is explicit.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for g, avg in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(avg.view_as(g))
+
+
+# ------------------------------------------------------------------------------ validation
+def noise_floor_bits(sigma: float) -> float:
+    """Entropy of the training noise, bits/dim in 8-bit units: 0.5 log2(2 pi e (127.5 s)^2)."""
+    return 0.5 * math.log2(2 * math.pi * math.e * (127.5 * sigma) ** 2) if sigma > 0 else -math.inf
+
+
+@torch.no_grad()
+def evaluate(model: WorldFlow, clips: ClipDataset, batch_size: int, batches: int, seed: int,
+             pos_weight: Tensor, rank: int = 0, world: int = 1) -> dict:
+    """Validation figures on fixed batches with fixed noise (the same at every call).
+
+    bits/dim in the 8-bit convention: (NLL per dim in model units + log 127.5) / ln 2, for
+    the noisy clips x + sigma * eps, reported beside the noise floor (the noise's own
+    entropy) and the excess above it. Termination balanced accuracy: mean of the true
+    positive and true negative rates of `logit > 0` (None if a class is absent).
+    """
+    sigma, dims = model.config.noise_std, model.config.dims_per_frame
+    # nll per dim summed over frames, frames, tp, fn, tn, fp, reward squared error, pairs
+    sums = torch.zeros(8, dtype=torch.float64, device=model.device)
+    for i in range(batches):
+        batch = sample_batch(clips, batch_size, step_generator(seed, i, VAL_STREAM), rank, world)
+        x = frames_to_model(batch["frames"].to(model.device))
+        nll = model.frame_nll(x + sigma * batch["noise"].to(x.device),
+                              batch["actions"].to(x.device))  # (B, T) nats, model units
+        reward, logit = model.heads(x[:, :-1].flatten(0, 1), x[:, 1:].flatten(0, 1))
+        label = batch["terminated"][:, :-1].flatten().to(x.device)
+        pred = logit > 0
+        error = reward - batch["rewards"][:, :-1].flatten().to(x.device)
+        sums += torch.tensor([
+            float(nll.sum()) / dims, nll.numel(), int((pred & label).sum()),
+            int((~pred & label).sum()), int((~pred & ~label).sum()), int((pred & ~label).sum()),
+            float(error.pow(2).sum()), label.numel(),
+        ], dtype=sums.dtype, device=sums.device)
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    nll_dim, frames, tp, fn, tn, fp, sq_err, pairs = sums.tolist()
+    bits = (nll_dim / frames + LOG_PIXEL_SCALE) / math.log(2)
+    floor = noise_floor_bits(sigma)
+    balanced = 0.5 * (tp / (tp + fn) + tn / (tn + fp)) if tp + fn and tn + fp else None
+    return {"val_bits_per_dim": bits, "noise_floor_bits_per_dim": floor,
+            "val_excess_bits_per_dim": bits - floor, "val_reward_mse": sq_err / pairs,
+            "val_termination_balanced_accuracy": balanced, "val_terminations": int(tp + fn)}
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def flatten_optimizer(name: str, state: dict) -> tuple[dict[str, Tensor], dict]:
+    """A (parameter-name keyed) optimizer state dict -> tensors `name/param/key` + the rest."""
+    tensors, rest = {}, {"param_groups": state["param_groups"], "state": {}}
+    for param, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"{name}/{param}/{key}"] = value
+            else:
+                rest["state"].setdefault(param, {})[key] = value
+    return tensors, rest
+
+
+def unflatten_optimizer(name: str, tensors: dict[str, Tensor], rest: dict) -> dict:
+    """The inverse of `flatten_optimizer`."""
+    state = {param: dict(entry) for param, entry in rest["state"].items()}
+    for key, value in tensors.items():
+        part, param, entry = key.split("/", 2)
+        if part == name:
+            state.setdefault(param, {})[entry] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def gather_state(model: torch.nn.Module, optimizers: dict) -> tuple[dict, dict]:
+    """Full (unsharded) weights and optimizer states keyed by parameter name, on CPU.
+
+    A collective under FSDP2 (every rank calls it; rank 0 receives the tensors). Checked
+    on CPU/gloo with torch 2.13, after training steps and after validation forwards.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    return weights, {k: get_optimizer_state_dict(model, o, options=options)
+                     for k, o in optimizers.items()}
+
+
+def save_checkpoint(folder: str | Path, step: int, weights: dict[str, Tensor],
+                    optimizer_states: dict[str, dict], schedulers: dict, record: dict) -> Path:
+    """Commit a checkpoint of `step` under `folder`; returns its directory.
+
+    Files go to `step_XXXXXXXX/` first (each atomically), then `latest.json` names them
+    with their SHA-256; older step folders are removed after that. A crash at any point
+    leaves the previous checkpoint loadable.
+    """
+    folder = Path(folder)
+    target, latest = folder / f"step_{step:08d}", folder / "latest.json"
+    if latest.is_file() and read_json(latest).get("folder") == target.name:
+        return target  # already committed: never rewrite a committed folder
+    if target.exists():  # a partial folder from an interrupted save of this step
+        shutil.rmtree(target)
+    state = {"step": step, **record, "optimizers": {},
+             "schedulers": {k: s.state_dict() for k, s in schedulers.items()}}
+    tensors: dict[str, Tensor] = {}
+    for name, optimizer_state in optimizer_states.items():
+        part, state["optimizers"][name] = flatten_optimizer(name, optimizer_state)
+        tensors.update(part)
+    write_tensors(target / "model.safetensors", weights)
+    write_tensors(target / "optimizer.safetensors", tensors)
+    write_tensors(target / "rng.safetensors", {"torch": torch.get_rng_state()})
+    write_json(target / "trainer.json", state)
+    hashes = {f.name: _sha256(f) for f in sorted(target.iterdir())}
+    write_json(latest, {"step": step, "folder": target.name, "sha256": hashes})
+    for old in folder.glob("step_*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict, dict[str, dict[str, Tensor]]]:
+    """The committed checkpoint under `folder`: (trainer state, {file stem: tensors}).
+
+    Verifies each file against `latest.json`'s SHA-256 and reads only JSON and
+    safetensors (nothing is unpickled). Raises CheckpointError naming the bad file.
+    """
+    folder = Path(folder)
+    latest = read_json(folder / "latest.json")
+    if not {"folder", "sha256"} <= set(latest):
+        raise CheckpointError(f"{folder / 'latest.json'}: expected keys 'folder' and 'sha256', "
+                              f"got {sorted(latest)}")
+    target = folder / latest["folder"]
+    for filename, expected in latest["sha256"].items():
+        path = target / filename
+        if not path.is_file():
+            raise CheckpointError(f"{path}: expected a file (listed in latest.json), found none")
+        found = _sha256(path)
+        if found != expected:
+            raise CheckpointError(f"{path}: expected SHA-256 {expected[:12]}... (latest.json), "
+                                  f"got {found[:12]}...: the file is truncated or corrupted")
+    tensors = {p.stem: read_tensors(p) for p in sorted(target.glob("*.safetensors"))}
+    return read_json(target / "trainer.json"), tensors
+
+
+# ------------------------------------------------------------------------------ logging
+LOG_FIELDS = ("step", "lr", "loss", "flow_loss", "denoiser_loss", "reward_loss",
+              "termination_loss", "train_bits_per_dim", "seconds_per_step", "val_bits_per_dim",
+              "noise_floor_bits_per_dim", "val_excess_bits_per_dim", "val_reward_mse",
+              "val_termination_balanced_accuracy")
+
+
+class RunLog:
+    """`log.csv` and TensorBoard under the run folder; on resume, rows past `step` go."""
+
+    def __init__(self, out: Path, step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = out / "log.csv"
+        rows = []
+        if step and self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        with open(self.path, "w", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writeheader()
+            csv.DictWriter(f, LOG_FIELDS).writerows(rows)
+        self.tb = SummaryWriter(str(out / "tb"), purge_step=step or None)
+
+    def write(self, step: int, row: dict) -> None:
+        row = {k: v for k, v in row.items() if k in LOG_FIELDS}
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writerow({**row, "step": step})
+        for key, value in row.items():
+            if value is not None:
+                self.tb.add_scalar(key, value, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def command_line(cfg: TrainConfig) -> str:
+    """`worldflow train k=v ...` that reproduces this run from scratch (training is
+    deterministic, so a resumed run and a straight one end identical)."""
+    def value(v) -> str:
+        if isinstance(v, bool) or v is None:
+            return {True: "true", False: "false", None: "null"}[v]
+        if isinstance(v, (list, tuple)):
+            return "[" + ",".join(value(x) for x in v) + "]"
+        return str(v)
+
+    default = TrainConfig()
+    parts = ["worldflow", "train"]
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name == "model":
+            parts += [f"+model.{k}={value(x)}" for k, x in v.items()]
+        elif f.name in ("preset", "data", "out", "steps") or (
+                f.name not in ("resume", "progress") and v != getattr(default, f.name)):
+            parts.append(f"{f.name}={value(v)}")
+    return shlex.join(parts)
+
+
+# ------------------------------------------------------------------------------ the loop
+def _distributed(device: str) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call started the process group)."""
+    started = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        started = True
+    if not dist.is_initialized():
+        return 0, 1, torch.device(device), started
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    return rank, world, torch.device(device), started
+
+
+def _shard(model: WorldFlow, world: int) -> None:
+    """FSDP2: each flow block, the denoiser and the heads are sharded units, the model the root."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    # FSDP2 warns about every module that returns a view (in-place edits of one would skip
+    # its all-gather); no output is edited in place here, and the tests hold FSDP2 against
+    # one process.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    mesh = init_device_mesh(model.device.type, (world,))
+    for block in [*model.shallow_blocks, model.deep_block, model.denoiser, model.heads]:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    register_fsdp_forward_method(model, "flow_forward")  # called in place of forward
+
+
+def check_config(cfg: TrainConfig, world: int) -> None:
+    positive = ("steps", "batch_size", "val_every", "val_batches", "checkpoint_every",
+                "log_every")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}: expected a positive integer, got {getattr(cfg, name)}")
+    if cfg.clip_len < 2:
+        raise ConfigError(f"clip_len: expected >= 2 (heads learn from frame pairs), "
+                          f"got {cfg.clip_len}")
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size: expected a multiple of the {world} ranks, "
+                          f"got {cfg.batch_size}")
+    if cfg.fsdp and world == 1:
+        raise ConfigError("fsdp: expected a torchrun launch with WORLD_SIZE > 1, got one process")
+
+
+def restore(folder: Path, model: torch.nn.Module, optimizers: dict, schedulers: dict) -> int:
+    """Load the committed checkpoint into a (possibly sharded) model, its optimizers, its
+    schedulers and the torch RNG; returns the step it was taken at."""
+    state, tensors = load_checkpoint(folder)
+    expected = json.loads(json.dumps(model.config.to_dict()))  # tuples -> lists, as saved
+    if state["model_config"] != expected:
+        raise CheckpointError(f"resume: {folder} holds a model with config "
+                              f"{state['model_config']}, expected {expected}")
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, tensors["model"], options=options)
+    for name, optimizer in optimizers.items():
+        saved = unflatten_optimizer(name, tensors["optimizer"], state["optimizers"][name])
+        set_optimizer_state_dict(model, optimizer, saved, options=options)
+        schedulers[name].load_state_dict(state["schedulers"][name])
+    torch.set_rng_state(tensors["rng"]["torch"])
+    return state["step"]
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) a world model on a collected dataset; returns the run's summary."""
+    rank, world, device, started = _distributed(cfg.device)
+    try:
+        return _train(cfg, rank, world, device)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dict:
+    check_config(cfg, world)
+    out, folder = Path(cfg.out), Path(cfg.out) / "checkpoint"
+    tensordict, meta = load_dataset(cfg.data)
+    train_clips = ClipDataset(tensordict, cfg.clip_len, "train", cfg.val_fraction, cfg.seed)
+    val_clips = ClipDataset(tensordict, cfg.clip_len, "val", cfg.val_fraction, cfg.seed)
+    if not len(train_clips) or not len(val_clips):
+        raise ConfigError(f"data: expected train and val clips of {cfg.clip_len} frames in "
+                          f"{cfg.data!r}, got {len(train_clips)} and {len(val_clips)}")
+    pos_weight = termination_pos_weight(tensordict["terminated"], train_clips)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, meta).to(device)
+    if cfg.fsdp:
+        _shard(model, world)
+    optimizers = make_optimizers(model, cfg)
+    schedulers = make_schedulers(optimizers, cfg)
+    groups = {k: [p for g in o.param_groups for p in g["params"]] for k, o in optimizers.items()}
+    resuming = cfg.resume and (folder / "latest.json").is_file()
+    if cfg.resume and not resuming and rank == 0:
+        warnings.warn(f"resume: no checkpoint at {folder}; starting from step 0", stacklevel=2)
+    step = start = restore(folder, model, optimizers, schedulers) if resuming else 0
+    sigma = model.config.noise_std
+    record = {"model_config": model.config.to_dict(), "train_config": dataclasses.asdict(cfg),
+              "world_size": world}
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out, step) if rank == 0 else None
+
+    def checkpoint() -> tuple[dict, dict]:
+        weights, optimizer_states = gather_state(model, optimizers)  # a collective
+        if rank == 0:
+            save_checkpoint(folder, step, weights, optimizer_states, schedulers, record)
+        return weights, optimizer_states
+
+    def validate() -> dict:
+        model.eval()
+        figures = evaluate(model, val_clips, cfg.batch_size, cfg.val_batches, cfg.seed,
+                           pos_weight, rank, world)
+        if cfg.fsdp:  # FSDP2 keeps the root unsharded after a forward without backward
+            model.reshard()
+        model.train()
+        if log is not None:
+            log.write(step, figures)
+        return figures
+
+    figures = validate() if step == 0 else {}
+    seconds, losses = [], {}
+    bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0 or not cfg.progress,
+               dynamic_ncols=True, desc="train")
+    while step < cfg.steps:
+        tic = time.perf_counter()
+        batch = sample_batch(train_clips, cfg.batch_size,
+                             step_generator(cfg.seed, step, BATCH_STREAM), rank, world)
+        losses = compute_gradients(model, batch, sigma, pos_weight)
+        if world > 1 and not cfg.fsdp:
+            average_gradients([p for params in groups.values() for p in params])
+        for name, optimizer in optimizers.items():
+            torch.nn.utils.clip_grad_norm_(groups[name], cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedulers[name].step()
+        step += 1
+        seconds.append(time.perf_counter() - tic)
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = _mean_over_ranks(losses)
+            row.update(loss=sum(row.values()), train_bits_per_dim=_bits(row["flow_loss"]),
+                       lr=optimizers["flow"].param_groups[0]["lr"],
+                       seconds_per_step=float(np.mean(seconds[-cfg.log_every:])))
+            if log is not None:
+                log.write(step, row)
+            bar.set_postfix(loss=f"{row['flow_loss']:.4f}",
+                            bpd=f"{figures.get('val_bits_per_dim', math.nan):.3f}")
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            figures = validate()
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            checkpoint()
+    bar.close()
+
+    figures = figures or validate()  # a resumed run with no steps left
+    weights, _ = checkpoint()
+    final = _mean_over_ranks(losses) if losses else {}
+    summary = {
+        "steps": step, "steps_this_run": step - start, "world_size": world,
+        "train_flow_loss": final.get("flow_loss"),
+        "train_loss": sum(final.values()) if final else None, **figures,
+        "seconds_per_step": float(np.mean(seconds[1:] or seconds)) if seconds else None,
+        "out": str(out), "checkpoint": str(folder), "model": str(out / "model"),
+        "log": str(out / "log.csv"), "tensorboard": str(out / "tb"),
+    }
+    if rank == 0:
+        plain = WorldFlow(model.config)
+        plain.load_state_dict(weights)
+        plain.start_frames = first_frames(tensordict, train_clips.episodes)
+        plain.save_pretrained(out / "model", extra={
+            "env_id": model.config.env_id,
+            "training": {"command": command_line(cfg), "config": dataclasses.asdict(cfg),
+                         "steps": step, "validation": figures},
+        })
+        log.close()
+    return summary
+
+
+def _mean_over_ranks(losses: dict[str, Tensor]) -> dict[str, float]:
+    values = torch.stack(list(losses.values())).double()
+    if dist.is_initialized():
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return dict(zip(losses, values.tolist()))
+
+
+def _bits(loss_per_dim: float) -> float:
+    """Reference loss (model units, no 0.5 log 2 pi) -> bits/dim, 8-bit convention."""
+    return (loss_per_dim + 0.5 * math.log(2 * math.pi) + LOG_PIXEL_SCALE) / math.log(2)
+
+
+def run(cfg: TrainConfig) -> dict:
+    """CLI entry point: `train` with `cfg.threads` CPU threads (restored afterwards)."""
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return train(cfg)
+    finally:
+        torch.set_num_threads(threads)
