@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torchmetrics.functional import peak_signal_noise_ratio
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 import worldflow as wf
 from worldflow.codec import frames_to_model

@@ -1,0 +1,448 @@
+"""The CartPole world model on fresh held-out episodes: likelihood, physics, pixels, heads.
+
+    python benchmarks/likelihood.py [--model cartpole] [--baseline PATH] [--episodes 12] ...
+
+Episodes are played afresh with seeds `seed, seed + 1, ...` (training used 0..299) and
+the `mixed` policy (long balanced runs and short failing ones, so terminations occur).
+
+1. Likelihood. bits/dim in the 8-bit convention of `WorldFlow.log_prob(noise=True)`:
+   with x = v / 127.5 - 1 and eps ~ N(0, I) (seeded per episode),
+   bits/dim = (-log p_model(x + sigma eps) + D log 127.5) / (D ln 2), D = 3 H W. It
+   estimates the cross-entropy of the noise-augmented frames, bounded below by the noise's
+   own entropy, the floor 0.5 log2(2 pi e (127.5 sigma)^2) (4.72 at sigma = 0.05). Reported
+   over all frames and over frames >= 1 (frame 0 has no past), with the floor and the
+   excess above it. `--baseline` (a frame-independent model) is scored on the same noisy
+   frames; "excess reduction" = 1 - excess_model / excess_baseline.
+2. Reader check: `read_cartpole_state` on the real frames against the true state
+   (position in model pixels via `cartpole_pixels_per_unit`, angle in degrees).
+3. Dynamics: from `context` real frames and the real actions, `horizons` frames are
+   generated open-loop (temperature 0, and `samples` samples at temperature 1; denoised)
+   from starts whose whole horizon lies inside the episode. (x, theta) read from each
+   predicted frame is compared with the true state at the same step; the copy-last
+   baseline holds the last context frame's read state. Summary over horizons
+   `summary_from`..`horizons`: mean of model error / copy-last error per horizon, and
+   whether the model beats copy-last at every one of them.
+4. Action control: at horizon `control_horizon`, temperature 0, the real actions vs the
+   same actions reversed (a -> num_actions - 1 - a, i.e. left/right swapped) from the
+   first predicted frame on; the reversed ones should predict the true state worse.
+5. Pixels: PSNR and SSIM (torchmetrics, data range 255) per horizon against the real
+   frames, over the whole frame and over the "band": the rows in which some held-out real
+   frame differs from the background (the per-pixel median of the held-out frames) by
+   more than `fg_threshold` in some channel. CartPole's default crop already is the band
+   where cart and pole move, so there the band is (nearly) the whole frame; the
+   "foreground" PSNR, over the pixels where the real or the predicted frame differs from
+   the background, is the sharper figure. PSNR pools the squared error over all frames
+   at a horizon (finite even when one frame is exact); SSIM is the mean over frames.
+6. Termination: balanced accuracy of `heads(frame t, frame t + 1)` logits > 0 against
+   `terminated[t]` on all real held-out transitions, with the count of positives.
+
+NaN reads (cart off screen, pole leaning out of the picture, or a garbled prediction)
+are left out of the means (nanmean) and counted. Prints one JSON line (NaN -> null);
+`--out` also writes it under benchmarks/results/.
+
+Runtime (one thread of a 2-core CPU, the `small` 32x96 model, defaults): about 1.5 to 4
+minutes. Measured on a randomized `small` model: collecting ~1500 frames ~10 s, log_prob
+~9 ms a frame (~15 s, twice that with a baseline), generation ~0.04 s a frame in batches
+of 8 at ~21 Jacobi calls a frame; 24 starts x (16 frames at temperature 0 + 2 x 16 at
+temperature 1 + 8 reversed) = ~1350 frames, ~1 min. A trained flow may need more Jacobi
+calls a frame (at most 3 blocks x 48 tokens), which scales the generation part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from tqdm import tqdm
+
+import worldflow as wf
+from worldflow.checkpoint import CheckpointError
+from worldflow.codec import frames_to_model
+from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
+from worldflow.data.collect import record_episode
+from worldflow.data.preprocess import default_preprocessing
+from worldflow.demo import noise_floor_bits
+
+TRAINING_RUN = Path("runs/cartpole/model")  # used for "cartpole" while it is not shipped yet
+
+
+@dataclass
+class Args:
+    model: str = "cartpole"  # a shipped name or a directory from save_pretrained
+    baseline: str = ""  # directory of a frame-independent baseline model; "" skips it
+    episodes: int = 12  # held-out episodes
+    seed: int = 20000  # first held-out episode seed (training used 0..299); also noise seeds
+    max_steps: int = 150  # env steps per episode at most (frames = steps + 1)
+    policy: str = "mixed"  # behaviour policy of the held-out episodes
+    context: int = 4  # real frames a prediction starts from
+    horizons: int = 16  # predictions 1..horizons frames past the context
+    summary_from: int = 4  # summary over horizons summary_from..horizons
+    control_horizon: int = 8  # horizon of the real-vs-reversed actions check
+    samples: int = 2  # temperature-1 samples per start
+    starts_per_episode: int = 2  # evenly spaced over the valid starts
+    batch: int = 8  # starts generated at once (a tqdm step)
+    fg_threshold: int = 16  # uint8 difference from the background that counts as foreground
+    threads: int = 1
+    out: str = ""  # e.g. benchmarks/results/likelihood.json
+
+
+def load(name: str) -> tuple[wf.WorldFlow, str]:
+    try:
+        return wf.WorldFlow.from_pretrained(name), str(name)
+    except CheckpointError:
+        if name != "cartpole" or not TRAINING_RUN.is_dir():
+            raise
+        return wf.WorldFlow.from_pretrained(TRAINING_RUN), str(TRAINING_RUN)
+
+
+def _num(value, digits: int = 4):
+    """A JSON-safe rounded float (NaN/inf -> None)."""
+    if value is None:
+        return None
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def _nanmean(x: torch.Tensor, dim=None) -> torch.Tensor:
+    return torch.nanmean(x.double(), dim=dim) if dim is not None else torch.nanmean(x.double())
+
+
+def _abs_errors(frames: torch.Tensor, x_true: torch.Tensor, theta_true: torch.Tensor, geometry):
+    """Read frames (..., H, W, 3) -> |x error| in model px, |theta error| in degrees (...)."""
+    frame_size, crop, ppu = geometry
+    x, theta = read_cartpole_state(frames, frame_size, crop)
+    return (x - x_true).abs() * ppu, torch.rad2deg((theta - theta_true).abs())
+
+
+# ------------------------------------------------------------------------------ sections
+def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str) -> dict:
+    """bits/dim (noise=True) pooled over all frames and over frames >= 1."""
+    bits = []
+    use_actions = model.config.has_actions
+    for i, ep in enumerate(tqdm(episodes, desc=desc, unit="ep")):
+        actions = ep["actions"][None] if use_actions else None
+        bits.append(model.log_prob(ep["frames"][None], actions, noise=True, seed=seed + i).bits_per_dim[0])
+    floor = noise_floor_bits(model.config.noise_std)
+    all_frames = torch.cat(bits).double().mean().item()
+    later = torch.cat([b[1:] for b in bits]).double().mean().item()
+    first = torch.stack([b[0] for b in bits]).double().mean().item()
+    return {
+        "bits_per_dim_all_frames": all_frames,
+        "bits_per_dim_frames_from_1": later,
+        "bits_per_dim_frame_0": first,
+        "noise_floor_bits_per_dim": floor,
+        "excess_all_frames": all_frames - floor,
+        "excess_frames_from_1": later - floor,
+        "frames": int(sum(b.numel() for b in bits)),
+    }
+
+
+def reader_check(episodes: list, geometry) -> dict:
+    frames = torch.cat([ep["frames"] for ep in episodes])
+    state = torch.cat([ep["state"] for ep in episodes])
+    ex, et = _abs_errors(frames, state[:, 0], state[:, 2], geometry)
+    return {
+        "frames": int(frames.shape[0]),
+        "x_mean_abs_error_px": _num(_nanmean(ex)),
+        "x_max_abs_error_px": _num(ex[~ex.isnan()].max() if (~ex.isnan()).any() else math.nan),
+        "theta_mean_abs_error_deg": _num(_nanmean(et)),
+        "theta_max_abs_error_deg": _num(et[~et.isnan()].max() if (~et.isnan()).any() else math.nan),
+        "x_nan": int(ex.isnan().sum()),
+        "theta_nan": int(et.isnan().sum()),
+    }
+
+
+def termination(model: wf.WorldFlow, episodes: list) -> dict:
+    if model.heads is None:
+        return {"balanced_accuracy": None, "positives": None, "transitions": None, "note": "no task heads"}
+    logits, labels = [], []
+    for ep in episodes:
+        x = frames_to_model(ep["frames"]).to(model.device, model.dtype)
+        _, logit = model.heads(x[:-1], x[1:])
+        logits.append(logit.float().cpu())
+        labels.append(ep["terminated"][:-1])
+    pred = (torch.cat(logits) > 0).numpy()
+    label = torch.cat(labels).numpy()
+    pos, neg = int(label.sum()), int((~label).sum())
+    both = pos > 0 and neg > 0
+    return {
+        "balanced_accuracy": _num(balanced_accuracy_score(label, pred)) if both else None,
+        "true_positive_rate": _num(pred[label].mean()) if pos else None,
+        "true_negative_rate": _num((~pred[~label]).mean()) if neg else None,
+        "positives": pos,
+        "transitions": pos + neg,
+    }
+
+
+def make_starts(episodes: list, args: Args):
+    """Contexts, actions, true states and real frames of every start (whole horizon inside)."""
+    c, h = args.context, args.horizons
+    ctx, acts, states, real, last = [], [], [], [], []
+    for ep in episodes:
+        n = ep.shape[0]  # frames
+        if n < c + h:
+            continue
+        for s in sorted(set(np.linspace(0, n - c - h, args.starts_per_episode).round().astype(int).tolist())):
+            ctx.append(ep["frames"][s : s + c])
+            acts.append(ep["actions"][s : s + c + h - 1])
+            states.append(ep["state"][s + c : s + c + h])
+            real.append(ep["frames"][s + c : s + c + h])
+            last.append(ep["frames"][s + c - 1])
+    if not ctx:
+        return None
+    return torch.stack(ctx), torch.stack(acts), torch.stack(states), torch.stack(real), torch.stack(last)
+
+
+def generate_all(model, ctx, acts, num_frames, temperature, samples, seed, batch, desc):
+    """Open-loop predictions (B * samples, num_frames, H, W, 3), start-major."""
+    outs = []
+    for i, lo in enumerate(tqdm(range(0, ctx.shape[0], batch), desc=desc, unit="batch")):
+        c = ctx[lo : lo + batch].repeat_interleave(samples, 0)
+        a = acts[lo : lo + batch].repeat_interleave(samples, 0)
+        outs.append(
+            model.generate(
+                num_frames, context=c, actions=a, temperature=temperature, denoise=True, seed=seed + i
+            )
+        )
+    return torch.cat(outs)
+
+
+def band_rows(frames: torch.Tensor, background: torch.Tensor, threshold: int) -> tuple[int, int]:
+    """[first, last + 1) of the rows where some frame differs from the background."""
+    diff = (frames.short() - background.short()).abs().amax(-1) > threshold  # (N, H, W)
+    rows = diff.any(0).any(-1).nonzero()[:, 0]
+    return (int(rows.min()), int(rows.max()) + 1) if rows.numel() else (0, frames.shape[1])
+
+
+def pixel_metrics(pred, real, background, band, threshold) -> dict:
+    """Per-horizon PSNR / SSIM of pred (N, T, H, W, 3) vs real (N, T, H, W, 3)."""
+    lo, hi = band
+    kernel = min(11, (hi - lo) - (1 - (hi - lo) % 2))  # odd, at most the band's height
+    out = {"psnr": [], "ssim": [], "psnr_band": [], "ssim_band": [], "psnr_foreground": []}
+    for t in range(pred.shape[1]):
+        p = pred[:, t].permute(0, 3, 1, 2).float()
+        r = real[:, t].permute(0, 3, 1, 2).float()
+        out["psnr"].append(_num(peak_signal_noise_ratio(p, r, data_range=255.0), 3))
+        out["ssim"].append(_num(structural_similarity_index_measure(p, r, data_range=255.0), 4))
+        pb, rb = p[..., lo:hi, :], r[..., lo:hi, :]
+        out["psnr_band"].append(_num(peak_signal_noise_ratio(pb, rb, data_range=255.0), 3))
+        ssim_band = (
+            structural_similarity_index_measure(pb, rb, data_range=255.0, kernel_size=kernel)
+            if kernel >= 3
+            else math.nan
+        )
+        out["ssim_band"].append(_num(ssim_band, 4))
+        bg = background.permute(2, 0, 1).float()
+        fg = ((p - bg).abs().amax(1) > threshold) | ((r - bg).abs().amax(1) > threshold)  # (N, H, W)
+        mse = ((p - r) ** 2).mean(1)[fg].mean() if fg.any() else torch.tensor(math.nan)
+        out["psnr_foreground"].append(_num(10 * torch.log10(255.0**2 / mse), 3))
+    return out
+
+
+def dynamics(model, episodes, args, geometry) -> tuple[dict, dict, dict]:
+    """Open-loop state errors, action control and pixel metrics."""
+    starts = make_starts(episodes, args)
+    if starts is None:
+        empty = {"starts": 0, "note": f"no episode has {args.context + args.horizons} frames"}
+        return empty, {"starts": 0}, {"starts": 0}
+    ctx, acts, states, real, last = starts
+    b, h, s = ctx.shape[0], args.horizons, args.samples
+    x_true, theta_true = states[..., 0], states[..., 2]  # (B, h)
+
+    t0 = time.perf_counter()
+    greedy = generate_all(model, ctx, acts, h, 0.0, 1, args.seed, args.batch, "generate T=0")
+    t_greedy = time.perf_counter() - t0
+    sampled = (
+        generate_all(model, ctx, acts, h, 1.0, s, args.seed + 1000, args.batch, "generate T=1")
+        if s > 0
+        else None
+    )
+    t_sampled = time.perf_counter() - t0 - t_greedy
+    k = min(args.control_horizon, h)
+    reversed_acts = acts[:, : args.context + k - 1].clone()
+    reversed_acts[:, args.context - 1 :] = model.config.num_actions - 1 - reversed_acts[:, args.context - 1 :]
+    flipped = generate_all(model, ctx, reversed_acts, k, 0.0, 1, args.seed, args.batch, "generate reversed")
+    t_flipped = time.perf_counter() - t0 - t_greedy - t_sampled
+
+    ex0, et0 = _abs_errors(greedy, x_true, theta_true, geometry)  # (B, h)
+    x_last, theta_last = read_cartpole_state(last, geometry[0], geometry[1])  # (B,)
+    exc = (x_last[:, None] - x_true).abs() * geometry[2]
+    etc = torch.rad2deg((theta_last[:, None] - theta_true).abs())
+    result = {
+        "starts": b,
+        "samples_per_start": s,
+        "horizons": list(range(1, h + 1)),
+        "x_error_px_t0": [_num(v, 3) for v in _nanmean(ex0, 0)],
+        "theta_error_deg_t0": [_num(v, 3) for v in _nanmean(et0, 0)],
+        "x_error_px_copy_last": [_num(v, 3) for v in _nanmean(exc, 0)],
+        "theta_error_deg_copy_last": [_num(v, 3) for v in _nanmean(etc, 0)],
+        "nan_reads_t0": int(ex0.isnan().sum() + et0.isnan().sum()),
+        "nan_reads_copy_last": int(x_last.isnan().sum() + theta_last.isnan().sum()),
+    }
+    errors = {"t0": (ex0, et0)}
+    if sampled is not None:
+        ex1, et1 = _abs_errors(
+            sampled, x_true.repeat_interleave(s, 0), theta_true.repeat_interleave(s, 0), geometry
+        )
+        result["x_error_px_t1"] = [_num(v, 3) for v in _nanmean(ex1, 0)]
+        result["theta_error_deg_t1"] = [_num(v, 3) for v in _nanmean(et1, 0)]
+        result["nan_reads_t1"] = int(ex1.isnan().sum() + et1.isnan().sum())
+        errors["t1"] = (ex1, et1)
+    lo = max(args.summary_from, 1) - 1
+    copy = {"x": _nanmean(exc, 0)[lo:], "theta": _nanmean(etc, 0)[lo:]}
+    summary = {"horizons": [lo + 1, h]}
+    for temp, (ex, et) in errors.items():
+        for name, err in (("x", ex), ("theta", et)):
+            model_err = _nanmean(err, 0)[lo:]
+            ratio = model_err / copy[name]
+            summary[f"{name}_over_copy_last_{temp}"] = _num(_nanmean(ratio), 4) if len(ratio) else None
+            summary[f"{name}_beats_copy_last_all_{temp}"] = (
+                bool((model_err < copy[name]).all()) if len(ratio) else None
+            )
+    result["summary"] = summary
+    result["seconds"] = {"t0": round(t_greedy, 2), "t1": round(t_sampled, 2), "reversed": round(t_flipped, 2)}
+
+    exr, etr = _abs_errors(flipped[:, k - 1], x_true[:, k - 1], theta_true[:, k - 1], geometry)
+    x_real, theta_real = _nanmean(ex0[:, k - 1]).item(), _nanmean(et0[:, k - 1]).item()
+    x_rev, theta_rev = _nanmean(exr).item(), _nanmean(etr).item()
+    control = {
+        "horizon": k,
+        "x_error_px_real_actions": _num(x_real, 3),
+        "x_error_px_reversed_actions": _num(x_rev, 3),
+        "theta_error_deg_real_actions": _num(theta_real, 3),
+        "theta_error_deg_reversed_actions": _num(theta_rev, 3),
+        "x_reversed_over_real": _num(x_rev / x_real if x_real else math.nan, 3),
+        "theta_reversed_over_real": _num(theta_rev / theta_real if theta_real else math.nan, 3),
+        "reversed_worse_x": bool(x_rev > x_real),
+        "reversed_worse_theta": bool(theta_rev > theta_real),
+        "nan_reads_reversed": int(exr.isnan().sum() + etr.isnan().sum()),
+        # what the reversed actions do to the picture: mean abs pixel change vs real actions
+        "mean_abs_pixel_change": _num((flipped[:, k - 1].float() - greedy[:, k - 1].float()).abs().mean(), 3),
+    }
+
+    all_real = torch.cat([ep["frames"] for ep in episodes])
+    background = all_real.median(0).values  # (H, W, 3)
+    band = band_rows(all_real, background, args.fg_threshold)
+    pixels = {
+        "band_rows": list(band),
+        "band_method": "rows where a held-out real frame differs from the per-pixel median "
+        f"by > {args.fg_threshold}",
+        "frame_rows": int(all_real.shape[1]),
+        "t0": pixel_metrics(greedy, real, background, band, args.fg_threshold),
+    }
+    if sampled is not None:
+        pixels["t1"] = pixel_metrics(
+            sampled, real.repeat_interleave(s, 0), background, band, args.fg_threshold
+        )
+    return result, control, pixels
+
+
+# ------------------------------------------------------------------------------ entry
+@torch.no_grad()
+def run(args: Args) -> dict:
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    model, model_path = load(args.model)
+    cfg = model.config
+    env_id = cfg.env_id or "CartPole-v1"
+    if not env_id.startswith("CartPole"):
+        raise ValueError(f"model: expected a CartPole world model, got one of env_id={env_id!r}")
+    if cfg.num_actions is None:
+        raise ValueError("model: expected a model with discrete actions (CartPole), got none")
+    crop = cfg.crop if cfg.crop is not None else default_preprocessing(env_id)[1]  # as record_episode
+    geometry = (tuple(cfg.frame_size), crop, cartpole_pixels_per_unit(cfg.frame_size, crop))
+
+    episodes = [
+        record_episode(
+            env_id,
+            seed=args.seed + i,
+            max_steps=args.max_steps,
+            frame_size=cfg.frame_size,
+            crop=crop,
+            policy=args.policy,
+        )
+        for i in tqdm(range(args.episodes), desc="held-out episodes", unit="ep")
+    ]
+    lengths = [ep.shape[0] for ep in episodes]
+    t_collect = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    lik = likelihood(model, episodes, args.seed, "log_prob model")
+    if args.baseline:
+        base = wf.WorldFlow.from_pretrained(args.baseline)
+        if tuple(base.config.frame_size) != tuple(cfg.frame_size):
+            raise ValueError(
+                f"baseline: expected frames of {list(cfg.frame_size)}, got {list(base.config.frame_size)}"
+            )
+        base_lik = likelihood(base, episodes, args.seed, "log_prob baseline")
+        lik["baseline"] = base_lik
+        lik["excess_reduction_all_frames"] = 1 - lik["excess_all_frames"] / base_lik["excess_all_frames"]
+        lik["excess_reduction_frames_from_1"] = (
+            1 - lik["excess_frames_from_1"] / base_lik["excess_frames_from_1"]
+        )
+    lik = {k: (_num(v) if isinstance(v, float) else v) for k, v in lik.items()}
+    if "baseline" in lik:
+        lik["baseline"] = {k: (_num(v) if isinstance(v, float) else v) for k, v in lik["baseline"].items()}
+    t_lik = time.perf_counter() - t0
+
+    reader = reader_check(episodes, geometry)
+    term = termination(model, episodes)
+    t0 = time.perf_counter()
+    dyn, control, pixels = dynamics(model, episodes, args, geometry)
+    t_dyn = time.perf_counter() - t0
+    return {
+        "benchmark": "likelihood",
+        "model": args.model,
+        "model_path": model_path,
+        "baseline": args.baseline or None,
+        "env_id": env_id,
+        "frame_size": list(cfg.frame_size),
+        "crop": list(crop) if crop is not None else None,
+        "pixels_per_metre": _num(geometry[2]),
+        "noise_std": cfg.noise_std,
+        "policy": args.policy,
+        "seeds": [args.seed, args.seed + args.episodes - 1],
+        "episodes": args.episodes,
+        "episode_frames": {"total": sum(lengths), "min": min(lengths), "max": max(lengths)},
+        "context": args.context,
+        "likelihood": lik,
+        "reader": reader,
+        "dynamics": dyn,
+        "action_control": control,
+        "pixels": pixels,
+        "termination": term,
+        "seconds": {
+            "collect": round(t_collect, 2),
+            "likelihood": round(t_lik, 2),
+            "dynamics": round(t_dyn, 2),
+            "total": round(time.perf_counter() - t_start, 2),
+        },
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in asdict(Args()).items():
+        parser.add_argument(f"--{name}", type=type(default), default=default)
+    args = Args(**vars(parser.parse_args()))
+    line = json.dumps(run(args))
+    print(line)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Smoke test of the benchmark scripts: they run end to end and print the keys they promise.
+
+A tiny randomized CartPole-shaped model with tiny settings: seconds, no claims on quality.
+"""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build
+
+from worldflow.data.preprocess import CARTPOLE_CROP
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def cartpole_dir(tmp_path):
+    """A randomized tiny CartPole world model (16 x 48 frames, heads) saved to a folder."""
+    model = build(
+        seed=5, frame_size=(16, 48), num_actions=2, env_id="CartPole-v1", crop=CARTPOLE_CROP, task_heads=True
+    )
+    return str(model.save_pretrained(tmp_path / "model"))
+
+
+def test_likelihood_benchmark_smoke(cartpole_dir):
+    bench = load_script("likelihood")
+    args = bench.Args(
+        model=cartpole_dir,
+        baseline=cartpole_dir,
+        episodes=2,
+        max_steps=12,
+        context=2,
+        horizons=3,
+        summary_from=2,
+        control_horizon=2,
+        samples=1,
+        starts_per_episode=1,
+        batch=2,
+        threads=torch.get_num_threads(),
+    )
+    result = bench.run(args)
+    json.dumps(result, allow_nan=False)  # one valid JSON line: NaN became null
+
+    assert result["benchmark"] == "likelihood"
+    assert {"likelihood", "reader", "dynamics", "action_control", "pixels", "termination", "seconds"} <= set(
+        result
+    )
+    lik = result["likelihood"]
+    for key in (
+        "bits_per_dim_all_frames",
+        "bits_per_dim_frames_from_1",
+        "noise_floor_bits_per_dim",
+        "excess_all_frames",
+        "excess_frames_from_1",
+        "excess_reduction_frames_from_1",
+    ):
+        assert isinstance(lik[key], float), key
+    assert math.isclose(
+        lik["noise_floor_bits_per_dim"],
+        0.5 * math.log2(2 * math.pi * math.e * (127.5 * 0.05) ** 2),
+        rel_tol=1e-3,
+    )
+    assert isinstance(lik["baseline"]["excess_frames_from_1"], float)
+    assert abs(lik["excess_reduction_frames_from_1"]) < 1e-6  # the baseline is the model itself
+
+    reader = result["reader"]
+    assert reader["frames"] == result["episode_frames"]["total"]
+    assert isinstance(reader["x_nan"], int) and isinstance(reader["theta_nan"], int)
+
+    dyn = result["dynamics"]
+    assert dyn["starts"] == 2 and dyn["horizons"] == [1, 2, 3]
+    for key in (
+        "x_error_px_t0",
+        "theta_error_deg_t0",
+        "x_error_px_t1",
+        "theta_error_deg_t1",
+        "x_error_px_copy_last",
+        "theta_error_deg_copy_last",
+    ):
+        assert len(dyn[key]) == 3 and all(v is None or isinstance(v, float) for v in dyn[key]), key
+    assert set(dyn["summary"]) >= {
+        "horizons",
+        "x_over_copy_last_t0",
+        "x_beats_copy_last_all_t0",
+        "theta_over_copy_last_t1",
+        "theta_beats_copy_last_all_t1",
+    }
+
+    control = result["action_control"]
+    assert control["horizon"] == 2
+    assert isinstance(control["reversed_worse_x"], bool)
+
+    pixels = result["pixels"]
+    assert len(pixels["band_rows"]) == 2
+    for temp in ("t0", "t1"):
+        assert set(pixels[temp]) == {"psnr", "ssim", "psnr_band", "ssim_band", "psnr_foreground"}
+        assert all(len(v) == 3 for v in pixels[temp].values())
+
+    term = result["termination"]
+    assert isinstance(term["positives"], int) and term["transitions"] == result["episode_frames"]["total"] - 2
+    assert term["balanced_accuracy"] is None or 0 <= term["balanced_accuracy"] <= 1
