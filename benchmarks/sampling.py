@@ -22,6 +22,7 @@ import torch
 import worldflow as wf
 from worldflow.checkpoint import CheckpointError
 from worldflow.config import SamplerConfig
+from worldflow.data.collect import record_episode
 
 
 @dataclass
@@ -58,10 +59,23 @@ def run(args: Args) -> dict:
     model = load(args.model, args.seed)
     cfg = model.config
     gen = torch.Generator().manual_seed(args.seed)
-    actions = None
-    if cfg.num_actions is not None:
-        actions = torch.randint(0, cfg.num_actions, (args.batch, args.context + args.frames), generator=gen)
-    context = model.generate(args.context, actions=actions, batch_size=args.batch, seed=args.seed)
+    total = args.context + args.frames
+    if cfg.env_id is not None:  # a world model: real frames and actions of its environment
+        episodes = [
+            record_episode(
+                cfg.env_id, seed=40000 + i, max_steps=total, frame_size=cfg.frame_size, crop=cfg.crop
+            )
+            for i in range(args.batch)
+        ]
+        context = torch.stack([ep["frames"][: args.context] for ep in episodes])
+        actions = torch.stack([ep["actions"][:total] for ep in episodes])
+    else:
+        actions = None
+        if cfg.num_actions is not None:
+            actions = torch.randint(0, cfg.num_actions, (args.batch, total), generator=gen)
+        context = model.generate(
+            args.context, actions=actions[:, : args.context], batch_size=args.batch, seed=args.seed
+        )
     z = torch.randn(args.batch, args.frames, cfg.tokens_per_frame, cfg.token_dim, generator=gen)
 
     def sample(sampler: SamplerConfig):

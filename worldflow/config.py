@@ -146,13 +146,14 @@ class SamplerConfig:
     """How the flow is inverted.
 
     `jacobi`: each frame's tokens are solved in parallel, block by block, by fixed-point
-    iteration initialised from the previous frame (video-aware); an item's block stops when
-    `mean((new - old)^2) / mean(new^2) <= threshold`, or after `max_iterations` (None: the
+    iteration initialised from the previous frame (video-aware); a token has settled when
+    its update moves its latent by `mean(((new - old) / a)^2) <= threshold` (latent units),
+    an item's block stops when all its tokens settled or after `max_iterations` (None: the
     block length, after which the fixed point is exact). `sequential`: token by token.
     """
 
     name: str = "jacobi"
-    threshold: float = 1e-6
+    threshold: float = 1e-5
     max_iterations: int | None = None
     block_size: int | None = None  # tokens per Jacobi block; None: a whole frame
 

@@ -8,9 +8,12 @@ Both samplers solve u_j = v_j * a_j(u_<j) + b_j(u_<j) for a chunk of tokens:
 - `sequential`: token by token, one cached network call per token (the reference);
 - `jacobi`: all tokens of a chunk in parallel, iterated to the fixed point. The first
   guess is the previous frame's tokens at the same positions (video-aware; the noise
-  itself for a video's first frame). Each item of the batch stops on its own when
-  `mean((new - old)^2) / mean(new^2) <= threshold`; a chunk of m tokens is exact after
-  m iterations, the cap by default. Rejected iterates are rewound from the cache.
+  itself for a video's first frame). A token has settled when its latest update would
+  move its latent by `mean(((new - old) / a)^2) <= threshold` (latent units, where
+  z ~ N(0, I): a data-space test is fooled by small scales a). Settled leading tokens
+  are final and not recomputed; each item of the batch stops on its own once all its
+  tokens settle. A chunk of m tokens is exact after m iterations, the default cap.
+  Rejected iterates are rewound from the cache.
 
 Long videos: when the window holds `max_frames` frames, the cache is cleared, the text
 re-run and the last `context_frames` frames re-encoded in one pass as the start of a new
@@ -56,11 +59,12 @@ def solve_jacobi(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fixed-point iteration over slots [lo, hi), per item. Returns u, a, iterations (B,).
 
-    An item stops when mean((new - old)^2) <= threshold * mean(new^2) over the chunk.
-    Tokens before the first one that still moves (in any running item) are final: the
-    next iterate only recomputes the rest, its keys replacing theirs in the cache. The
-    first recomputed token always had exact inputs, so at least one token becomes final
-    per iteration and a chunk of m tokens is exact after m iterations (the default cap).
+    An item stops when no token's update moves its latent by more than
+    mean(((new - old) / a)^2) > threshold. Tokens before the first one that still moves
+    (in any running item) are final: the next iterate only recomputes the rest, its keys
+    replacing theirs in the cache. The first recomputed token always had exact inputs,
+    so at least one token becomes final per iteration and a chunk of m tokens is exact
+    after m iterations (the default cap).
     """
     m = hi - lo
     limit = m if max_iterations is None else max(1, min(max_iterations, m))
@@ -72,15 +76,15 @@ def solve_jacobi(
         head = first_input if start == 0 else guess[:, start - 1 : start]
         tail, a = step(lo + start, hi, torch.cat([head, guess[:, start:-1]], dim=1))
         tail = torch.where(done[:, None, None], guess[:, start:], tail)  # finished items stay put
-        moved = (tail - guess[:, start:]).pow(2).mean(dim=2)  # (B, m - start)
+        # the change in latent units, (new - old) / a: what it would move z by
+        moved = ((tail - guess[:, start:]) / a).pow(2).mean(dim=2)  # (B, m - start)
         guess = torch.cat([guess[:, :start], tail], dim=1)
         scale = torch.cat([scale[:, :start], a], dim=1)
-        size = guess.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(guess.dtype).tiny)
         iterations += (~done).long()
-        done = done | (moved.sum(1) / m <= threshold * size)
+        still = (moved > threshold) & ~done[:, None]  # (B, m - start)
+        done = done | ~still.any(1)  # every token of the item has settled
         if bool(done.all()) or it == limit:
             return guess, scale, iterations
-        still = (moved > threshold * size[:, None]) & ~done[:, None]  # (B, m - start)
         first_moving = int(still.any(0).long().argmax()) if bool(still.any()) else m - start
         new_start = min(start + max(first_moving, 1), m - 1)
         cache.rewind(hi - (lo + new_start))  # keep the keys of the final prefix
