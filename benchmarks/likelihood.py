@@ -70,7 +70,7 @@ from worldflow.codec import frames_to_model
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
 from worldflow.data.collect import record_episode
 from worldflow.data.preprocess import default_preprocessing
-from worldflow.demo import noise_floor_bits
+from worldflow.metrics import noise_floor_bits
 
 TRAINING_RUN = Path("runs/cartpole/model")  # used for "cartpole" while it is not shipped yet
 

@@ -11,7 +11,6 @@ Writes `dream.mp4` (real | dream), `surprise.png` and prints one JSON line.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import WorldFlowError
+from .metrics import noise_floor_bits
 from .video import side_by_side, write_video
 
 
@@ -34,10 +34,6 @@ class DemoConfig:
     out: str = "outputs/demo"
     fps: int = 10
 
-
-def noise_floor_bits(sigma: float) -> float:
-    """Entropy of the training noise per dimension in 8-bit units: no model goes below it."""
-    return 0.5 * math.log2(2 * math.pi * math.e * (127.5 * sigma) ** 2)
 
 
 def run(cfg: DemoConfig) -> dict:

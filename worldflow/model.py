@@ -386,8 +386,7 @@ class WorldFlow(nn.Module):
         v = torch.cat(zs, dim=1)
         z = self.deep_order(v)
         nll = 0.5 * z.pow(2).sum(dim=(2, 3)) + 0.5 * cfg.dims_per_frame * self.LOG_2PI + log_scale
-        keep = max(cfg.denoiser_window - 1, 0)
-        state.recent = torch.cat([state.recent, x], dim=1)[:, -keep:] if keep else state.recent[:, :0]
+        state.recent = torch.cat([state.recent, x], dim=1)[:, -cfg.denoiser_window :]
         state.frame_index += f
         return self.codec.from_tokens(z), nll
 

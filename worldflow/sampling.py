@@ -318,10 +318,7 @@ def next_frame(
     x = model.codec.from_tokens(u[:, None])[:, 0]
     z_sq = v.pow(2).sum(dim=(1, 2))
     nll = 0.5 * z_sq + 0.5 * cfg.dims_per_frame * model.LOG_2PI + log_scale
-    keep = max(cfg.denoiser_window - 1, 0)
-    state.recent = torch.cat(
-        [state.recent[:, state.recent.shape[1] - keep :] if keep else state.recent[:, :0], x[:, None]], 1
-    )
+    state.recent = torch.cat([state.recent, x[:, None]], dim=1)[:, -cfg.denoiser_window :]  # denoiser window
     state.frame_index += 1
     return x, nll, calls
 

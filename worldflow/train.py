@@ -62,6 +62,7 @@ from .codec import LOG_PIXEL_SCALE, frames_to_model
 from .config import preset
 from .data import ClipDataset, load_dataset
 from .errors import CheckpointError, ConfigError
+from .metrics import noise_floor_bits
 from .model import WorldFlow
 
 PARTS = ("flow", "denoiser", "heads")  # one optimizer each
@@ -249,10 +250,6 @@ def average_gradients(params: list[Tensor]) -> None:
 
 
 # ------------------------------------------------------------------------------ validation
-def noise_floor_bits(sigma: float) -> float:
-    """Entropy of the training noise, bits/dim in 8-bit units: 0.5 log2(2 pi e (127.5 s)^2)."""
-    return 0.5 * math.log2(2 * math.pi * math.e * (127.5 * sigma) ** 2) if sigma > 0 else -math.inf
-
 
 @torch.no_grad()
 def evaluate(model: WorldFlow, clips: ClipDataset, batch_size: int, batches: int, seed: int,
