@@ -30,7 +30,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check worldflow envs agents benchmarks tests
 
 bench: $(STAMP)
-	$(PY) benchmarks/sampling.py
+	for b in sampling denoise likelihood env_step; do \
+		$(PY) benchmarks/$$b.py --out benchmarks/results/$$b.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -403,7 +403,8 @@ class WorldFlow(nn.Module):
         """Append one frame to `state`; returns it (B, C, H, W) in model space and info.
 
         `action` (B,) or (B, A) is the action taken after the latest frame (ignored for
-        a video's first frame). info: nll (B,) nats per frame in pixel units of the flow's
+        a video's first frame). `z` (B, N, c) gives the frame's latent tokens explicitly
+        (then `temperature` and `generator` are not used); by default z = temperature * eps. info: nll (B,) nats per frame in pixel units of the flow's
         sample, iterations (B,) network calls per item, the raw sample `x_noisy`.
         """
         cfg = self.config
