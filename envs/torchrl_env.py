@@ -13,7 +13,7 @@ size c a frame, S text tokens, G = denoiser_window - 1):
 | `tokens`       | (*B, F, N, c)                          | deep-block inputs of the window, padded |
 | `cond`         | (*B, F, deep_width)                    | their action embeddings (action models) |
 | `text`         | (*B, S, text_dim)                      | the prompt's embeddings (text models)   |
-| `shallow_prev` | (*B, shallow_blocks, N, c)             | last frame per shallow block (Jacobi init)|
+| `prev_affine`  | (*B, blocks, N, 2c)                    | last frame's [a, b] per block (Jacobi init)|
 | `recent`       | (*B, G, C, H, W)                       | latest frames for the denoiser, right-aligned |
 | `frames`       | (*B,) int64                            | frames in the window (valid prefix)     |
 | `frame_index`  | (*B,) int64                            | frames in the video so far              |
@@ -134,7 +134,7 @@ class WorldFlowTorchRLEnv(EnvBase):
             "keys": ((depth, heads, text_len + f * n, head_dim), dtype),
             "values": ((depth, heads, text_len + f * n, head_dim), dtype),
             "tokens": ((f, n, c), dtype),
-            "shallow_prev": ((cfg.shallow_blocks, n, c), dtype),
+            "prev_affine": ((cfg.num_blocks, n, 2 * c), dtype),
             "recent": ((self.world.keep, cfg.channels, *cfg.frame_size), dtype),
         }
         if model.actions is not None:
@@ -194,7 +194,7 @@ class WorldFlowTorchRLEnv(EnvBase):
             "keys": state.cache.keys,
             "values": state.cache.values,
             "tokens": tokens,
-            "shallow_prev": torch.cat(state.shallow_prev, dim=1),
+            "prev_affine": torch.cat(state.prev_affine, dim=1),
             "recent": recent,
             "frames": torch.full((r,), f, dtype=torch.int64, device=tokens.device),
         }
@@ -210,7 +210,7 @@ class WorldFlowTorchRLEnv(EnvBase):
         cfg, keep = self.world.config, self.world.keep
         text = st.get("text")[idx] if "text" in st.keys() else None
         text_len = 0 if text is None else text.shape[1]
-        shallow = st.get("shallow_prev")[idx]
+        affine = st.get("prev_affine")[idx]
         return VideoState(
             cache=KVCache(
                 st.get("keys")[idx], st.get("values")[idx], text_len + frames * cfg.tokens_per_frame
@@ -219,7 +219,7 @@ class WorldFlowTorchRLEnv(EnvBase):
             cond=st.get("cond")[idx, :frames] if "cond" in st.keys() else None,
             text=text,
             guidance=0.0,
-            shallow_prev=list(shallow.split(1, dim=1)),
+            prev_affine=list(affine.split(1, dim=1)),
             recent=st.get("recent")[idx, keep - recent :],
         )
 

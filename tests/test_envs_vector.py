@@ -161,7 +161,7 @@ def test_video_state_cat_inverts_select(model):
         (joined.tokens, ref.tokens),
         (joined.cond, ref.cond),
         (joined.recent, ref.recent),
-        *zip(joined.shallow_prev, ref.shallow_prev),
+        *zip(joined.prev_affine, ref.prev_affine),
     ]:
         assert torch.equal(x, y)
     other = build(num_actions=2).start(1, context=torch.zeros(1, 1, 16, 16, 3, dtype=torch.uint8))

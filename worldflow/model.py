@@ -361,9 +361,10 @@ class WorldFlow(nn.Module):
         cos, sin = self.shallow_rope()
         log_scale = x.new_zeros(b, f)
         for i, block in enumerate(self.shallow_blocks):
-            state.shallow_prev[i] = tokens[:, -1:]  # block i's input: its Jacobi init next frame
             u = tokens.flatten(0, 1)
-            v, logdet = block(u.flip(1) if self.flips(i) else u, cos, sin)
+            u = u.flip(1) if self.flips(i) else u
+            v, logdet = block(u, cos, sin)
+            state.prev_affine[i] = _affine(u, v, logdet).view(b, f, *u.shape[1:-1], -1)[:, -1:]
             tokens = (v.flip(1) if self.flips(i) else v).view_as(tokens)
             log_scale -= logdet.view(b, f, -1).sum(-1)
         cond = None
@@ -384,6 +385,7 @@ class WorldFlow(nn.Module):
             log_scale[:, done : done + n] += log_a.sum(dim=(2, 3))
             done += n
         v = torch.cat(zs, dim=1)
+        state.prev_affine[-1] = _affine(deep[:, -1], v[:, -1], -log_a[:, -1])[:, None]  # Jacobi init
         z = self.deep_order(v)
         nll = 0.5 * z.pow(2).sum(dim=(2, 3)) + 0.5 * cfg.dims_per_frame * self.LOG_2PI + log_scale
         state.recent = torch.cat([state.recent, x], dim=1)[:, -cfg.denoiser_window :]
@@ -404,8 +406,9 @@ class WorldFlow(nn.Module):
 
         `action` (B,) or (B, A) is the action taken after the latest frame (ignored for
         a video's first frame). `z` (B, N, c) gives the frame's latent tokens explicitly
-        (then `temperature` and `generator` are not used); by default z = temperature * eps. info: nll (B,) nats per frame in pixel units of the flow's
-        sample, iterations (B,) network calls per item, the raw sample `x_noisy`.
+        (then `temperature` and `generator` are unused); by default z = temperature * eps.
+        info: nll (B,) nats per frame in pixel units of the flow's sample, iterations (B,)
+        network calls per item, the raw sample `x_noisy`.
         """
         cfg = self.config
         sampler = SamplerConfig(name=sampler) if isinstance(sampler, str) else sampler
@@ -573,6 +576,12 @@ class WorldFlow(nn.Module):
                 f"{name}: expected shape (B, T, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
             )
         return x.to(self.device, self.dtype)
+
+
+def _affine(u: Tensor, v: Tensor, logdet: Tensor) -> Tensor:
+    """[a | b] of the affine map u = v * a + b, from its input, output and log-det -log a."""
+    a = torch.exp(-logdet)
+    return torch.cat([a, u - v * a], dim=-1)
 
 
 def _generator(seed, device) -> torch.Generator | None:

@@ -7,7 +7,8 @@ frame's shallow blocks are inverted, each over a fresh per-frame cache.
 Both samplers solve u_j = v_j * a_j(u_<j) + b_j(u_<j) for a chunk of tokens:
 - `sequential`: token by token, one cached network call per token (the reference);
 - `jacobi`: all tokens of a chunk in parallel, iterated to the fixed point. The first
-  guess is the previous frame's tokens at the same positions (video-aware; the noise
+  guess is video-aware: each block's scale and shift at the same positions of the
+  previous frame applied to this frame's latents, u = v * a_prev + b_prev (the noise
   itself for a video's first frame). A token has settled when its latest update would
   move its latent by `mean(((new - old) / a)^2) <= threshold` (latent units, where
   z ~ N(0, I): a data-space test is fooled by small scales a). Settled leading tokens
@@ -105,7 +106,7 @@ class VideoState:
     cond: Tensor | None  # (B, F, width) condition embeddings of those frames
     text: Tensor | None  # (B or 2B, S, text_dim)
     guidance: float
-    shallow_prev: list[Tensor]  # per shallow block: the last frame's tokens (Jacobi init)
+    prev_affine: list[Tensor]  # per block (shallow ..., deep): the last frame's [a | b] (B, 0|1, N, 2c)
     recent: Tensor  # (B, G, C, H, W) the latest noisy frames (the denoiser's window)
     frame_index: int = 0  # frames so far
 
@@ -132,7 +133,7 @@ class VideoState:
             tokens=fn_batch(self.tokens),
             cond=None if self.cond is None else fn_batch(self.cond),
             text=None if self.text is None else halves(self.text),
-            shallow_prev=[fn_batch(p) for p in self.shallow_prev],
+            prev_affine=[fn_batch(p) for p in self.prev_affine],
             recent=fn_batch(self.recent),
         )
 
@@ -178,7 +179,7 @@ class VideoState:
             tokens=torch.cat([s.tokens for s in states]),
             cond=None if first.cond is None else torch.cat([s.cond for s in states]),
             text=None if first.text is None else halves([s.text for s in states]),
-            shallow_prev=[torch.cat(p) for p in zip(*(s.shallow_prev for s in states))],
+            prev_affine=[torch.cat(p) for p in zip(*(s.prev_affine for s in states))],
             recent=torch.cat([s.recent for s in states]),
             frame_index=max(s.frame_index for s in states),
         )
@@ -201,7 +202,7 @@ def new_state(model, batch: int, text: Tensor | None, guidance: float, like: Ten
         cond=like.new_zeros(batch, 0, width) if model.actions is not None else None,
         text=text,
         guidance=guidance,
-        shallow_prev=[like.new_zeros(batch, 0, n, c) for _ in model.shallow_blocks],
+        prev_affine=[like.new_zeros(batch, 0, n, 2 * c) for _ in range(cfg.num_blocks)],
         recent=like.new_zeros(batch, 0, cfg.channels, *cfg.frame_size),
     )
 
@@ -281,7 +282,7 @@ def next_frame(
     slot_cond = None if cond is None else cond[:, None].expand(-1, n, -1)
     v_deep = model.deep_order(v)
     first = state.tokens[:, -1, -1:] if f else model.deep_block.sos.expand(v.shape[0], 1, -1).to(v.dtype)
-    init = state.tokens[:, -1] if f else v_deep
+    init = affine_guess(state.prev_affine[-1], v_deep, state.tokens[:, -1] if f else v_deep)
 
     def deep_step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
         c = None if slot_cond is None else slot_cond[:, lo:hi]
@@ -291,6 +292,7 @@ def next_frame(
         )
 
     u_deep, a, calls = _solve_frame(deep_step, first, init, state.cache, sampler, n)
+    state.prev_affine[-1] = torch.cat([a, u_deep - v_deep * a], dim=-1)[:, None]
     log_scale += a.log().sum(dim=(1, 2))
     state.tokens = torch.cat([state.tokens, u_deep[:, None]], dim=1)
     if state.cond is not None:
@@ -302,8 +304,7 @@ def next_frame(
     for i in reversed(range(len(model.shallow_blocks))):
         block, flip = model.shallow_blocks[i], model.flips(i)
         vi = u.flip(1) if flip else u
-        prev = state.shallow_prev[i]
-        init = (prev[:, -1].flip(1) if flip else prev[:, -1]) if prev.shape[1] else vi
+        init = affine_guess(state.prev_affine[i], vi, vi)
         cache = block.new_cache(v.shape[0], n, v)
         first = block.sos.expand(v.shape[0], 1, -1).to(v.dtype)
 
@@ -313,14 +314,24 @@ def next_frame(
         ui, a, c = _solve_frame(shallow_step, first, init, cache, sampler, n)
         log_scale += a.log().sum(dim=(1, 2))
         calls += c
+        state.prev_affine[i] = torch.cat([a, ui - vi * a], dim=-1)[:, None]
         u = ui.flip(1) if flip else ui
-        state.shallow_prev[i] = u[:, None]  # only the last frame is needed
     x = model.codec.from_tokens(u[:, None])[:, 0]
     z_sq = v.pow(2).sum(dim=(1, 2))
     nll = 0.5 * z_sq + 0.5 * cfg.dims_per_frame * model.LOG_2PI + log_scale
     state.recent = torch.cat([state.recent, x[:, None]], dim=1)[:, -cfg.denoiser_window :]  # denoiser window
     state.frame_index += 1
     return x, nll, calls
+
+
+def affine_guess(prev_affine: Tensor, v: Tensor, fallback: Tensor) -> Tensor:
+    """Video-aware first guess: the previous frame's affine map applied to this frame's
+    latents, u = v * a_prev + b_prev — exact wherever the context of a token is unchanged
+    (a static background), so those tokens settle in the first iteration."""
+    if not prev_affine.shape[1]:
+        return fallback
+    a, b = prev_affine[:, -1].chunk(2, dim=-1)
+    return v * a + b
 
 
 def _solve_frame(step: Step, first: Tensor, init: Tensor, cache: KVCache, sampler: SamplerConfig, n: int):
