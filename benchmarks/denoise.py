@@ -12,16 +12,14 @@ denoising. Prints one JSON line; `--out` also writes it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 import worldflow as wf
+from worldflow.benchmarking import benchmark_main
 from worldflow.codec import frames_to_model
 from worldflow.data.collect import record_episode
 
@@ -114,17 +112,5 @@ def run(args: Args) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in asdict(Args()).items():
-        parser.add_argument(f"--{name}", type=type(default), default=default)
-    args = Args(**vars(parser.parse_args()))
-    line = json.dumps(run(args))
-    print(line)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(line + "\n")
-
-
 if __name__ == "__main__":
-    main()
+    benchmark_main(Args, run, __doc__)

@@ -16,21 +16,19 @@ Prints one JSON line; `--out` also writes it (e.g. benchmarks/results/env_step.j
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from worldflow.envs import WorldFlowEnv, WorldFlowVectorEnv
 
 import worldflow as wf
+from worldflow.benchmarking import benchmark_main
 from worldflow.checkpoint import CheckpointError
 
 
@@ -178,18 +176,5 @@ def run(args: Args) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in asdict(Args()).items():
-        parser.add_argument(f"--{name}", type=type(default), default=default)
-    args = Args(**vars(parser.parse_args()))
-    result = run(args)
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(line + "\n")
-
-
 if __name__ == "__main__":
-    main()
+    benchmark_main(Args, run, __doc__)

@@ -50,12 +50,10 @@ calls a frame (at most 3 blocks x 48 tokens), which scales the generation part.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +63,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tqdm import tqdm
 
 import worldflow as wf
+from worldflow.benchmarking import benchmark_main
 from worldflow.checkpoint import CheckpointError
 from worldflow.codec import frames_to_model
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
@@ -432,17 +431,5 @@ def run(args: Args) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in asdict(Args()).items():
-        parser.add_argument(f"--{name}", type=type(default), default=default)
-    args = Args(**vars(parser.parse_args()))
-    line = json.dumps(run(args))
-    print(line)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(line + "\n")
-
-
 if __name__ == "__main__":
-    main()
+    benchmark_main(Args, run, __doc__)

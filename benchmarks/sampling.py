@@ -10,16 +10,14 @@ line; `--out` also writes it under benchmarks/results/.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
 import worldflow as wf
+from worldflow.benchmarking import benchmark_main
 from worldflow.checkpoint import CheckpointError
 from worldflow.config import SamplerConfig
 from worldflow.data.collect import record_episode
@@ -128,18 +126,5 @@ def run(args: Args) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in asdict(Args()).items():
-        parser.add_argument(f"--{name}", type=type(default), default=default)
-    args = Args(**vars(parser.parse_args()))
-    result = run(args)
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(line + "\n")
-
-
 if __name__ == "__main__":
-    main()
+    benchmark_main(Args, run, __doc__)

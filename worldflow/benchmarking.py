@@ -1,0 +1,42 @@
+"""What every script in benchmarks/ shares: flags from its `Args` dataclass, one JSON line.
+
+if __name__ == "__main__":
+    benchmark_main(Args, run, __doc__)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+
+def benchmark_main(args_type: type, run: Callable[[object], dict], doc: str | None) -> dict:
+    """Parse `--field value` for every field of `args_type`, run, print one JSON line and,
+    with `--out PATH`, write it there too (e.g. benchmarks/results/NAME.json)."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    for name, default in asdict(args_type()).items():
+        parser.add_argument(f"--{name}", type=type(default), default=default)
+    args = args_type(**vars(parser.parse_args()))
+    result = run(args)
+    line = json.dumps(result)
+    print(line)
+    out = getattr(args, "out", "")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(line + "\n")
+    return result
+
+
+def machine() -> dict:
+    """Where a figure was measured."""
+    return {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
