@@ -61,11 +61,11 @@ def solve_jacobi(
     """Fixed-point iteration over slots [lo, hi), per item. Returns u, a, iterations (B,).
 
     An item stops when no token's update moves its latent by more than
-    mean(((new - old) / a)^2) > threshold. Tokens before the first one that still moves
-    (in any running item) are final: the next iterate only recomputes the rest, its keys
-    replacing theirs in the cache. The first recomputed token always had exact inputs,
-    so at least one token becomes final per iteration and a chunk of m tokens is exact
-    after m iterations (the default cap).
+    mean(((new - old) / a)^2) > threshold. The first token that still moves (in any
+    running item) was computed from settled inputs, so it and every token before it are
+    final: the next iterate only recomputes the rest, its keys replacing theirs in the
+    cache. At least one token becomes final per iteration, so a chunk of m tokens is
+    exact after m iterations (the default cap).
     """
     m = hi - lo
     limit = m if max_iterations is None else max(1, min(max_iterations, m))
@@ -86,10 +86,11 @@ def solve_jacobi(
         done = done | ~still.any(1)  # every token of the item has settled
         if bool(done.all()) or it == limit:
             return guess, scale, iterations
-        first_moving = int(still.any(0).long().argmax()) if bool(still.any()) else m - start
-        new_start = min(start + max(first_moving, 1), m - 1)
-        cache.rewind(hi - (lo + new_start))  # keep the keys of the final prefix
-        start = new_start
+        # tokens up to the first one that moved had final inputs: they are final too
+        start += int(still.any(0).long().argmax()) + 1
+        if start >= m:
+            return guess, scale, iterations
+        cache.rewind(hi - (lo + start))  # keep the keys of the final prefix
     raise AssertionError("unreachable")
 
 
