@@ -60,11 +60,11 @@ def run(cfg: DemoConfig) -> dict:
         dream = model.generate(
             t - cfg.context, context=real[None, : cfg.context], actions=actions[None, : t - 1], seed=cfg.seed
         )[0]
-        real_lp = model.log_prob(real[None], actions[None])
+        real_lp = model.log_prob(real[None], actions[None], noise=True, seed=cfg.seed)
         tampered = real.clone()
         k = min(cfg.anomaly_at, t - 1)
         tampered[k] = torch.roll(tampered[k], cfg.anomaly_shift, dims=1)
-        tampered_lp = model.log_prob(tampered[None], actions[None])
+        tampered_lp = model.log_prob(tampered[None], actions[None], noise=True, seed=cfg.seed)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
