@@ -54,7 +54,6 @@ import math
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,20 +63,17 @@ from tqdm import tqdm
 
 import worldflow as wf
 from worldflow.benchmarking import benchmark_main
-from worldflow.checkpoint import CheckpointError
 from worldflow.codec import frames_to_model
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
 from worldflow.data.collect import record_episode
 from worldflow.data.preprocess import default_preprocessing
 from worldflow.metrics import noise_floor_bits
 
-TRAINING_RUN = Path("runs/cartpole/model")  # used for "cartpole" while it is not shipped yet
-
 
 @dataclass
 class Args:
     model: str = "cartpole"  # a shipped name or a directory from save_pretrained
-    baseline: str = ""  # directory of a frame-independent baseline model; "" skips it
+    baseline: str = "cartpole-frame-independent"  # frame-independent model of equal size; "" skips it
     episodes: int = 12  # held-out episodes
     seed: int = 20000  # first held-out episode seed (training used 0..299); also noise seeds
     max_steps: int = 150  # env steps per episode at most (frames = steps + 1)
@@ -95,12 +91,7 @@ class Args:
 
 
 def load(name: str) -> tuple[wf.WorldFlow, str]:
-    try:
-        return wf.WorldFlow.from_pretrained(name), str(name)
-    except CheckpointError:
-        if name != "cartpole" or not TRAINING_RUN.is_dir():
-            raise
-        return wf.WorldFlow.from_pretrained(TRAINING_RUN), str(TRAINING_RUN)
+    return wf.WorldFlow.from_pretrained(name), str(name)
 
 
 def _num(value, digits: int = 4):
