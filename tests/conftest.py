@@ -33,6 +33,15 @@ def build(seed: int = 0, dtype=torch.float32, **overrides) -> wf.WorldFlow:
     return randomize(wf.WorldFlow.from_preset("tiny", **overrides), seed).to(dtype).eval()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread per test: no oversubscription on small CI machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny():
     """A randomized `tiny` world model with 2 discrete actions."""

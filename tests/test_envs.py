@@ -14,14 +14,6 @@ from worldflow.envs import WorldFlowEnv, noise_floor_bits
 from worldflow.errors import WorldFlowError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cartpole_model(terminate: float | None = -20.0, start_frames: bool = True, **overrides):
     """A random tiny CartPole world model; `terminate` sets the termination head's bias."""
     model = build(num_actions=2, env_id="CartPole-v1", task_heads=True, **overrides)

@@ -15,14 +15,6 @@ from worldflow.envs.torchrl_env import ArgmaxOneHot
 from worldflow.errors import WorldFlowError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     return cartpole_model(max_frames=4, context_frames=2)  # a small window: light state buffers

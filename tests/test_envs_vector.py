@@ -13,14 +13,6 @@ from worldflow.errors import WorldFlowError
 from worldflow.sampling import VideoState
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     return cartpole_model()
