@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from worldflow.envs import WorldFlowEnv, WorldFlowVectorEnv
 
 import worldflow as wf
 from worldflow.benchmarking import benchmark_main
 from worldflow.checkpoint import CheckpointError
+from worldflow.envs import WorldFlowEnv, WorldFlowVectorEnv
 
 
 @dataclass

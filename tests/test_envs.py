@@ -7,10 +7,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-import worldflow.envs as wenvs
 from conftest import build
-from worldflow.envs import WorldFlowEnv, noise_floor_bits
 
+import worldflow.envs as wenvs
+from worldflow.envs import WorldFlowEnv, noise_floor_bits
 from worldflow.errors import WorldFlowError
 
 

@@ -4,8 +4,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-import worldflow.envs  # noqa: F401  (registers worldflow/Dream-v0)
 from test_envs import cartpole_model
+
+import worldflow.envs  # noqa: F401  (registers worldflow/Dream-v0)
 
 
 @pytest.mark.slow

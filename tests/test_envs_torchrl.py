@@ -9,9 +9,9 @@ from test_envs import cartpole_model
 from torchrl.envs import SerialEnv
 from torchrl.envs.utils import check_env_specs, step_mdp
 from torchrl.modules.planners import CEMPlanner
+
 from worldflow.envs import WorldFlowTorchRLEnv
 from worldflow.envs.torchrl_env import ArgmaxOneHot
-
 from worldflow.errors import WorldFlowError
 
 

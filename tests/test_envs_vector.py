@@ -4,11 +4,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-import worldflow.envs  # noqa: F401  (registers worldflow/Dream-v0)
 from conftest import build
 from test_envs import cartpole_model
-from worldflow.envs import WorldFlowEnv, WorldFlowVectorEnv
 
+import worldflow.envs  # noqa: F401  (registers worldflow/Dream-v0)
+from worldflow.envs import WorldFlowEnv, WorldFlowVectorEnv
 from worldflow.errors import WorldFlowError
 from worldflow.sampling import VideoState
 
