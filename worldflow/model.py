@@ -444,13 +444,18 @@ class WorldFlow(nn.Module):
             (grad,) = torch.autograd.grad(nll.sum(), xg)
         return x - self.config.noise_std**2 * grad[:, 0]
 
+    def denoiser_tokens(self, x: Tensor, text: Tensor | None = None) -> Tensor:
+        """The denoiser's prediction of sigma * grad NLL for frames x (B, T, C, H, W), as
+        tokens (B, T, N, c). Time positions are relative, so any window of frames works."""
+        s = 0 if text is None else text.shape[1]
+        cos, sin = self._rope(s, x.shape[1], True, x)
+        return self.denoiser(self.codec.to_tokens(x), cos, sin, text)
+
     def denoise_recent(self, state: VideoState) -> Tensor:
         """Learned one-step denoising of the state's latest frame: x - sigma * D(window)."""
-        window = state.recent
-        tokens = self.codec.to_tokens(window)
-        cos, sin = self._rope(0, window.shape[1], True, self.deep_block.sos)
-        pred = self.denoiser(tokens, cos, sin)
-        return window[:, -1] - self.config.noise_std * self.codec.from_tokens(pred)[:, -1]
+        text = None if state.text is None else state.text[: state.batch_size]  # conditional half
+        pred = self.codec.from_tokens(self.denoiser_tokens(state.recent, text))
+        return state.recent[:, -1] - self.config.noise_std * pred[:, -1]
 
     def denoise(self, x: Tensor, actions=None, prompt=None, method: str = "learned") -> Tensor:
         """One-step flow-score denoising of noisy frames x (B, T, C, H, W) in model space.
@@ -471,10 +476,7 @@ class WorldFlow(nn.Module):
                 xg = x.detach().requires_grad_(True)
                 (grad,) = torch.autograd.grad(self.frame_nll(xg, actions, text).sum(), xg)
             return x - sigma**2 * grad
-        tokens = self.codec.to_tokens(x)
-        s = 0 if text is None else text.shape[1]
-        cos, sin = self._rope(s, x.shape[1], True, x)
-        return x - sigma * self.codec.from_tokens(self.denoiser(tokens, cos, sin, text))
+        return x - sigma * self.codec.from_tokens(self.denoiser_tokens(x, text))
 
     @torch.no_grad()
     def decode(

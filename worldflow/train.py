@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -57,7 +56,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
-from .checkpoint import read_json, read_tensors, write_json, write_tensors
+from .checkpoint import read_json, read_tensors, sha256, write_json, write_tensors
 from .codec import LOG_PIXEL_SCALE, frames_to_model
 from .config import preset
 from .data import ClipDataset, load_dataset
@@ -198,8 +197,7 @@ def sample_batch(clips: ClipDataset, batch_size: int, gen: torch.Generator, rank
 # ------------------------------------------------------------------------------ one step
 def denoiser_prediction(model: WorldFlow, x: Tensor) -> Tensor:
     """The denoiser's output for noisy frames x (B, T, C, H, W), as tokens (B, T, N, c)."""
-    cos, sin = model.deep_rope(x.shape[1])  # temporal positions, as `WorldFlow.denoise`
-    return model.denoiser(model.codec.to_tokens(x), cos, sin)
+    return model.denoiser_tokens(x)
 
 
 def heads_losses(model: WorldFlow, x: Tensor, rewards: Tensor, terminated: Tensor,
@@ -290,14 +288,6 @@ def evaluate(model: WorldFlow, clips: ClipDataset, batch_size: int, batches: int
 
 
 # ------------------------------------------------------------------------------ checkpoints
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def flatten_optimizer(name: str, state: dict) -> tuple[dict[str, Tensor], dict]:
     """A (parameter-name keyed) optimizer state dict -> tensors `name/param/key` + the rest."""
     tensors, rest = {}, {"param_groups": state["param_groups"], "state": {}}
@@ -356,7 +346,7 @@ def save_checkpoint(folder: str | Path, step: int, weights: dict[str, Tensor],
     write_tensors(target / "optimizer.safetensors", tensors)
     write_tensors(target / "rng.safetensors", {"torch": torch.get_rng_state()})
     write_json(target / "trainer.json", state)
-    hashes = {f.name: _sha256(f) for f in sorted(target.iterdir())}
+    hashes = {f.name: sha256(f) for f in sorted(target.iterdir())}
     write_json(latest, {"step": step, "folder": target.name, "sha256": hashes})
     for old in folder.glob("step_*"):
         if old != target:
@@ -380,7 +370,7 @@ def load_checkpoint(folder: str | Path) -> tuple[dict, dict[str, dict[str, Tenso
         path = target / filename
         if not path.is_file():
             raise CheckpointError(f"{path}: expected a file (listed in latest.json), found none")
-        found = _sha256(path)
+        found = sha256(path)
         if found != expected:
             raise CheckpointError(f"{path}: expected SHA-256 {expected[:12]}... (latest.json), "
                                   f"got {found[:12]}...: the file is truncated or corrupted")
