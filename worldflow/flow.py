@@ -80,9 +80,13 @@ class FlowBlock(nn.Module):
         a_raw, b = out.chunk(2, dim=-1)
         return F.softplus(a_raw + LOG_E_MINUS_1), b
 
+    def start_token(self, batch: int, like: Tensor) -> Tensor:
+        """The network input of the first slot, (batch, 1, c)."""
+        return self.sos.expand(batch, 1, -1).to(like.dtype)
+
     def shifted(self, u: Tensor) -> Tensor:
         """The network inputs for a whole sequence: [sos, u_0, ..., u_{L-2}]."""
-        return torch.cat([self.sos.expand(u.shape[0], 1, -1).to(u.dtype), u[:, :-1]], dim=1)
+        return torch.cat([self.start_token(u.shape[0], u), u[:, :-1]], dim=1)
 
     # ------------------------------------------------------------------ data -> noise
     def forward(

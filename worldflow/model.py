@@ -364,7 +364,8 @@ class WorldFlow(nn.Module):
             u = tokens.flatten(0, 1)
             u = u.flip(1) if self.flips(i) else u
             v, logdet = block(u, cos, sin)
-            state.prev_affine[i] = _affine(u, v, logdet).view(b, f, *u.shape[1:-1], -1)[:, -1:]
+            affine = sampling.pack_affine(u, v, torch.exp(-logdet))  # (B F, N, 2c)
+            state.prev_affine[i] = affine.unflatten(0, (b, f))[:, -1:]
             tokens = (v.flip(1) if self.flips(i) else v).view_as(tokens)
             log_scale -= logdet.view(b, f, -1).sum(-1)
         cond = None
@@ -385,7 +386,7 @@ class WorldFlow(nn.Module):
             log_scale[:, done : done + n] += log_a.sum(dim=(2, 3))
             done += n
         v = torch.cat(zs, dim=1)
-        state.prev_affine[-1] = _affine(deep[:, -1], v[:, -1], -log_a[:, -1])[:, None]  # Jacobi init
+        state.prev_affine[-1] = sampling.pack_affine(deep[:, -1], v[:, -1], log_a[:, -1].exp())[:, None]
         z = self.deep_order(v)
         nll = 0.5 * z.pow(2).sum(dim=(2, 3)) + 0.5 * cfg.dims_per_frame * self.LOG_2PI + log_scale
         state.recent = torch.cat([state.recent, x], dim=1)[:, -cfg.denoiser_window :]
@@ -578,12 +579,6 @@ class WorldFlow(nn.Module):
                 f"{name}: expected shape (B, T, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
             )
         return x.to(self.device, self.dtype)
-
-
-def _affine(u: Tensor, v: Tensor, logdet: Tensor) -> Tensor:
-    """[a | b] of the affine map u = v * a + b, from its input, output and log-det -log a."""
-    a = torch.exp(-logdet)
-    return torch.cat([a, u - v * a], dim=-1)
 
 
 def _generator(seed, device) -> torch.Generator | None:

@@ -222,7 +222,7 @@ def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None)
     f0, f1 = state.frames_in_window, state.frames_in_window + tokens.shape[1]
     text_len = 0 if state.text is None else state.text.shape[1]
     seq = tokens.flatten(1, 2)
-    first = state.tokens[:, -1, -1:] if f0 else model.deep_block.sos.expand(seq.shape[0], 1, -1).to(seq.dtype)
+    first = state.tokens[:, -1, -1:] if f0 else model.deep_block.start_token(seq.shape[0], seq)
     inputs = torch.cat([first, seq[:, :-1]], dim=1)
     cos, sin = model.deep_rope(f1, text_len)
     rows = slice(text_len + f0 * n, text_len + f1 * n)
@@ -282,7 +282,7 @@ def next_frame(
     base = text_len + f * n
     slot_cond = None if cond is None else cond[:, None].expand(-1, n, -1)
     v_deep = model.deep_order(v)
-    first = state.tokens[:, -1, -1:] if f else model.deep_block.sos.expand(v.shape[0], 1, -1).to(v.dtype)
+    first = state.tokens[:, -1, -1:] if f else model.deep_block.start_token(v.shape[0], v)
     init = affine_guess(state.prev_affine[-1], v_deep, state.tokens[:, -1] if f else v_deep)
 
     def deep_step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
@@ -293,7 +293,7 @@ def next_frame(
         )
 
     u_deep, a, calls = _solve_frame(deep_step, first, init, state.cache, sampler, n)
-    state.prev_affine[-1] = torch.cat([a, u_deep - v_deep * a], dim=-1)[:, None]
+    state.prev_affine[-1] = pack_affine(u_deep, v_deep, a)[:, None]
     log_scale += a.log().sum(dim=(1, 2))
     state.tokens = torch.cat([state.tokens, u_deep[:, None]], dim=1)
     if state.cond is not None:
@@ -307,7 +307,7 @@ def next_frame(
         vi = u.flip(1) if flip else u
         init = affine_guess(state.prev_affine[i], vi, vi)
         cache = block.new_cache(v.shape[0], n, v)
-        first = block.sos.expand(v.shape[0], 1, -1).to(v.dtype)
+        first = block.start_token(v.shape[0], v)
 
         def shallow_step(lo, hi, inputs, block=block, vi=vi, cache=cache):
             return block.inverse(vi[:, lo:hi], inputs, cos[lo:hi], sin[lo:hi], cache)
@@ -315,7 +315,7 @@ def next_frame(
         ui, a, c = _solve_frame(shallow_step, first, init, cache, sampler, n)
         log_scale += a.log().sum(dim=(1, 2))
         calls += c
-        state.prev_affine[i] = torch.cat([a, ui - vi * a], dim=-1)[:, None]
+        state.prev_affine[i] = pack_affine(ui, vi, a)[:, None]
         u = ui.flip(1) if flip else ui
     x = model.codec.from_tokens(u[:, None])[:, 0]
     z_sq = v.pow(2).sum(dim=(1, 2))
@@ -323,6 +323,11 @@ def next_frame(
     state.recent = torch.cat([state.recent, x[:, None]], dim=1)[:, -cfg.denoiser_window :]  # denoiser window
     state.frame_index += 1
     return x, nll, calls
+
+
+def pack_affine(u: Tensor, v: Tensor, a: Tensor) -> Tensor:
+    """[a | b] of a block's affine map u = v * a + b (the next frame's Jacobi init)."""
+    return torch.cat([a, u - v * a], dim=-1)
 
 
 def affine_guess(prev_affine: Tensor, v: Tensor, fallback: Tensor) -> Tensor:
