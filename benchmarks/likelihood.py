@@ -34,7 +34,10 @@ the `mixed` policy (long balanced runs and short failing ones, so terminations o
    the background, is the sharper figure. PSNR pools the squared error over all frames
    at a horizon (finite even when one frame is exact); SSIM is the mean over frames.
 6. Termination: balanced accuracy of `heads(frame t, frame t + 1)` logits > 0 against
-   `terminated[t]` on all real held-out transitions, with the count of positives.
+   `terminated[t]` on all real transitions of the held-out episodes and of
+   `termination_episodes` more (seeds `seed + 1000, ...`; only the heads see them: a
+   dozen episodes end in too few terminations to measure a rate), with the count of
+   positives.
 
 NaN reads (cart off screen, pole leaning out of the picture, or a garbled prediction)
 are left out of the means (nanmean) and counted. Prints one JSON line (NaN -> null);
@@ -83,6 +86,7 @@ class Args:
     summary_from: int = 4  # summary over horizons summary_from..horizons
     control_horizon: int = 8  # horizon of the real-vs-reversed actions check
     samples: int = 2  # temperature-1 samples per start
+    termination_episodes: int = 100  # extra held-out episodes for the termination head
     starts_per_episode: int = 2  # evenly spaced over the valid starts
     batch: int = 8  # starts generated at once (a tqdm step)
     fg_threshold: int = 16  # uint8 difference from the background that counts as foreground
@@ -362,6 +366,17 @@ def run(args: Args) -> dict:
         )
         for i in tqdm(range(args.episodes), desc="held-out episodes", unit="ep")
     ]
+    extra = [
+        record_episode(
+            env_id,
+            seed=args.seed + 1000 + i,
+            max_steps=args.max_steps,
+            frame_size=cfg.frame_size,
+            crop=crop,
+            policy=args.policy,
+        )
+        for i in tqdm(range(args.termination_episodes), desc="termination episodes", unit="ep")
+    ]
     lengths = [ep.shape[0] for ep in episodes]
     t_collect = time.perf_counter() - t_start
 
@@ -385,7 +400,8 @@ def run(args: Args) -> dict:
     t_lik = time.perf_counter() - t0
 
     reader = reader_check(episodes, geometry)
-    term = termination(model, episodes)
+    term = termination(model, episodes + extra)
+    term["episodes"] = len(episodes) + len(extra)
     t0 = time.perf_counter()
     dyn, control, pixels = dynamics(model, episodes, args, geometry)
     t_dyn = time.perf_counter() - t0

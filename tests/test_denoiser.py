@@ -30,6 +30,32 @@ def test_lookahead_and_window_bound_visibility():
     assert changed == [False, False, False, True, True, True]
 
 
+@pytest.mark.parametrize("predicts", ["score", "clean"])
+def test_causality_holds_for_both_parameterizations(predicts):
+    model = build(seed=7, denoiser_window=3, denoiser_predicts=predicts)
+    x = torch.randn(1, 4, 3, 16, 16)
+    x2 = x.clone()
+    x2[:, 2:] += 1.0
+    assert torch.equal(model.denoise(x2)[:, :2], model.denoise(x)[:, :2])
+
+
+def test_clean_parameterization_returns_the_network_output():
+    """predicts="clean": the prediction is (x - x_hat) / sigma, so one step returns x_hat.
+    With the output layer's weights zero, x_hat is its bias whatever the input."""
+    model = build(seed=8, denoiser_predicts="clean")
+    bias = torch.randn(model.config.token_dim)
+    with torch.no_grad():
+        model.denoiser.proj_out.weight.zero_()
+        model.denoiser.proj_out.bias.copy_(bias)
+    x = torch.randn(2, 3, 3, 16, 16)
+    expected = model.codec.from_tokens(bias.expand(2, 3, model.config.tokens_per_frame, -1))
+    assert torch.allclose(model.denoise(x), expected, atol=1e-6)
+    score = model.codec.from_tokens(model.denoiser_tokens(x))
+    assert torch.allclose(score, (x - expected) / model.config.noise_std, atol=1e-4)
+    with pytest.raises(wf.ConfigError, match="denoiser_predicts.*'score' or 'clean'.*'noise'"):
+        build(denoiser_predicts="noise")
+
+
 def test_exact_denoising_of_a_gaussian_is_shrinkage():
     model = wf.WorldFlow.from_preset("tiny")  # identity flow at init: p(x) = N(0, I)
     sigma = model.config.noise_std

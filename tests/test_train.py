@@ -32,15 +32,15 @@ from worldflow.train import (
     build_model,
     command_line,
     compute_gradients,
-    denoiser_prediction,
     heads_losses,
     load_checkpoint,
     lr_factor,
     noise_floor_bits,
     run,
     sample_batch,
+    sample_pairs,
     step_generator,
-    termination_pos_weight,
+    transitions,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,11 +78,12 @@ def test_fused_step_gives_the_specified_gradients(data):
     """One backward yields what flow loss + score_target (2nd backward) + MSE + heads give."""
     tensordict, meta = load_dataset(data)
     clips = ClipDataset(tensordict, 4)
-    pos_weight = termination_pos_weight(tensordict["terminated"], clips)
     model = randomize(build_model(config(data, "unused"), meta), seed=1)
     batch = sample_batch(clips, 3, step_generator(0, 0, 0))
+    pairs = sample_pairs(tensordict, transitions(tensordict, clips.episodes), 8, 0.5,
+                         step_generator(0, 0, 2))
     sigma = model.config.noise_std
-    losses = compute_gradients(model, batch, sigma, pos_weight)
+    losses = compute_gradients(model, batch, sigma, pairs)
     fused = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.zero_grad()
@@ -90,9 +91,8 @@ def test_fused_step_gives_the_specified_gradients(data):
     x = (x_clean + sigma * batch["noise"]).requires_grad_(True)
     flow = model.reference_loss(*model.flow_forward(x, batch["actions"])[:2])
     target = score_target(flow, x, sigma, retain_graph=True)
-    denoiser = F.mse_loss(denoiser_prediction(model, x.detach()), model.codec.to_tokens(target))
-    reward, termination = heads_losses(model, x_clean, batch["rewards"], batch["terminated"],
-                                       pos_weight)
+    denoiser = F.mse_loss(model.denoiser_tokens(x.detach()), model.codec.to_tokens(target))
+    reward, termination = heads_losses(model, pairs)
     (flow + denoiser + reward + termination).backward()
 
     assert torch.allclose(losses["denoiser_loss"], denoiser, rtol=1e-5)
@@ -115,6 +115,49 @@ def test_rank_slices_make_the_global_batch(data):
     halves = [sample_batch(clips, 4, step_generator(3, 7, 0), rank, 2) for rank in (0, 1)]
     for key in whole:
         assert torch.equal(whole[key], torch.cat([h[key] for h in halves]))
+    tensordict, _ = load_dataset(data)
+    pairs = transitions(tensordict, clips.episodes)
+    whole = sample_pairs(tensordict, pairs, 8, 0.5, step_generator(3, 7, 2))
+    halves = [sample_pairs(tensordict, pairs, 8, 0.5, step_generator(3, 7, 2), r, 2) for r in (0, 1)]
+    for key in whole:
+        assert torch.equal(whole[key], torch.cat([h[key] for h in halves]))
+
+
+def test_heads_pairs_are_transitions_with_terminations_oversampled(data):
+    """Pairs never cross an episode; half of each heads batch are the rare terminations."""
+    tensordict, _ = load_dataset(data)
+    episodes = ClipDataset(tensordict, 4).episodes
+    every, terminal = transitions(tensordict, episodes)
+    episode, step = tensordict["episode"], tensordict["step"]
+    assert torch.equal(episode[every], episode[every + 1])
+    assert torch.equal(step[every + 1], step[every] + 1)
+    assert torch.isin(episode[every], torch.tensor(episodes)).all()
+    ended = tensordict["terminated"].nonzero()[:, 0]  # every termination of these episodes
+    assert torch.equal(terminal, ended[torch.isin(episode[ended], torch.tensor(episodes))])
+    assert 0 < len(terminal) < 0.1 * len(every)
+    batch = sample_pairs(tensordict, (every, terminal), 40, 0.5, step_generator(0, 0, 2))
+    assert batch["terminated"][:20].all() and batch["previous"].shape == batch["frames"].shape
+    uniform = sample_pairs(tensordict, (every, terminal), 400, 0.0, step_generator(0, 1, 2))
+    assert uniform["terminated"].float().mean() < 0.1  # the data's own (low) rate
+
+
+def test_init_loads_chosen_parts_and_freezes_the_rest(data, short_run, tmp_path):
+    """A new denoiser (another parameterization) and heads on a trained, frozen flow."""
+    start = wf.WorldFlow.from_pretrained(short_run / "model")
+    cfg = config(data, tmp_path / "stage2", init=str(short_run / "model"), init_parts=["flow"],
+                 train_parts=["denoiser", "heads"], model={"denoiser_predicts": "clean"}, steps=3)
+    run(cfg)
+    after = wf.WorldFlow.from_pretrained(tmp_path / "stage2" / "model")
+    assert after.config.denoiser_predicts == "clean" and start.config.denoiser_predicts == "score"
+    before = start.state_dict()
+    for name, value in after.state_dict().items():
+        part = name.split(".")[0]
+        same = torch.equal(value, before[name])
+        assert same == (part not in ("denoiser", "heads")), name
+    assert after.info["training"]["init"]["model"] == str(short_run / "model")
+    assert "init=" in after.info["training"]["command"]
+    with pytest.raises(wf.ConfigError, match=r"train_parts: expected a non-empty list.*\['decoder'\]"):
+        run(replace(cfg, train_parts=["decoder"]))
 
 
 def test_frame_size_override_must_match_the_data(data):

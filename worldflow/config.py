@@ -51,6 +51,10 @@ class ModelConfig:
     denoiser_width: int = 64
     denoiser_window: int = 4  # frames the denoiser sees (itself and window - 1 past ones)
     denoiser_lookahead: int = 0  # future frames the denoiser sees (0: strictly causal)
+    # "score": the network's output is sigma * grad NLL (the reference); "clean": it is the
+    # clean tokens x_hat and the score is (x - x_hat) / sigma, so the per-pixel noise
+    # reaches the output by an exact skip instead of through a stream narrower than a token
+    denoiser_predicts: str = "score"
     task_heads: bool = False  # learned reward / termination heads (world models of an env)
     env_id: str | None = None  # the Gymnasium env a world model was trained on
     crop: tuple[int, int, int, int] | None = None  # raw render crop (top, bottom, left, right)
@@ -128,6 +132,15 @@ class ModelConfig:
             raise ConfigError(f"codec: expected 'patch' or 'latent', got {self.codec!r}")
         if self.noise_std < 0:
             raise ConfigError(f"noise_std: expected >= 0, got {self.noise_std}")
+        if self.denoiser_predicts not in ("score", "clean"):
+            raise ConfigError(
+                f"denoiser_predicts: expected 'score' or 'clean', got {self.denoiser_predicts!r}"
+            )
+        if self.denoiser_predicts == "clean" and self.noise_std <= 0:
+            raise ConfigError(
+                f"denoiser_predicts: 'clean' needs noise_std > 0 (score = (x - x_hat) / sigma), "
+                f"got noise_std={self.noise_std}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -179,8 +192,9 @@ PRESETS: dict[str, ModelConfig] = {
         max_frames=8,  # = the training clip length: time offsets stay within what was seen
         context_frames=4,
         denoiser_depth=2,
-        denoiser_width=128,
+        denoiser_width=128,  # narrower than a token (8 x 8 x 3 = 192): predict clean tokens
         denoiser_window=4,
+        denoiser_predicts="clean",
     ),
     # The reference STARFlow-V text-to-video shape: 5 shallow blocks of 2 layers at width
     # 3072, a deep block of 24 layers at 4096, head size 64, 48 latent channels, text

@@ -35,7 +35,10 @@ class Denoiser(nn.Module):
     """Transformer over all frames' tokens: full attention within a frame, a window of
     past frames, `lookahead` future ones (0 in environments: strictly causal).
 
-    tokens: (B, T, N, c) -> prediction (B, T, N, c); no soft clip on the output.
+    tokens: (B, T, N, c) -> prediction (B, T, N, c) of sigma * grad NLL; no soft clip.
+    With `sigma` given the network predicts the clean tokens x_hat instead and the
+    prediction is (tokens - x_hat) / sigma: the noise passes through exactly, and the
+    network only has to model clean content (one step then returns x_hat itself).
     """
 
     def __init__(
@@ -47,9 +50,10 @@ class Denoiser(nn.Module):
         window: int,
         lookahead: int = 0,
         text_dim: int = 0,
+        sigma: float | None = None,
     ):
         super().__init__()
-        self.window, self.lookahead = window, lookahead
+        self.window, self.lookahead, self.sigma = window, lookahead, sigma
         self.proj_in = nn.Linear(token_dim, width)
         self.proj_txt = nn.Linear(text_dim, width) if text_dim else None
         self.transformer = Transformer(width, depth, head_dim)
@@ -66,7 +70,8 @@ class Denoiser(nn.Module):
             h = torch.cat([self.proj_txt(text), h], dim=1)
         mask = denoiser_mask(text_len, t, n, self.window, self.lookahead, h.device)
         h = self.transformer(h, cos, sin, mask=mask)[:, text_len:]
-        return self.proj_out(h).view(b, t, n, -1)
+        out = self.proj_out(h).view(b, t, n, -1)
+        return out if self.sigma is None else (tokens - out) / self.sigma
 
 
 def score_target(nll_per_dim: Tensor, x: Tensor, sigma: float, retain_graph: bool = False) -> Tensor:

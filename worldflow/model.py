@@ -72,6 +72,7 @@ class WorldFlow(nn.Module):
             window=cfg.denoiser_window,
             lookahead=cfg.denoiser_lookahead,
             text_dim=cfg.text_dim,
+            sigma=cfg.noise_std if cfg.denoiser_predicts == "clean" else None,
         )
         self.heads = TaskHeads(cfg.channels) if cfg.task_heads else None
         self.info: dict = {}  # what from_pretrained read beside the weights (training record)

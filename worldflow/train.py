@@ -9,12 +9,18 @@ after frame t and conditions frame t + 1; `rewards[t]`, `terminated[t]` label fr
     flow     = reference_loss(flow_forward(x, actions))       NLL per dim, nats, no 0.5 log 2 pi
     target   = sigma * d(total NLL of each clip) / dx         the flow's scaled score
     denoiser = mse(denoiser(tokens of x), target)             flow-score matching
-    heads    = mse(reward(x_t, x_t+1), rewards[t])            on clean frames
-             + bce(terminated(x_t, x_t+1), terminated[t])     positives up-weighted
+    heads    = mse(reward(x_t, x_t+1), rewards[t])            on clean frame pairs of
+             + bce(terminated(x_t, x_t+1), terminated[t])     their own batch, half of them
+                                                              terminal transitions
 
 The flow, the denoiser and the heads each have their own AdamW (linear warmup, then cosine
 decay to `min_lr_ratio`) and gradient clipping. Batches and noise come from generators
-seeded by (seed, step), so resuming needs no sampler state and is exact.
+seeded by (seed, step), so resuming needs no sampler state and is exact. The heads draw
+their pairs from a stream of their own: terminations are rare (one per failed episode), so
+a `heads_terminal_fraction` of each heads batch is terminal transitions.
+
+A run can start from a trained model (`init=`, e.g. the flow of an earlier run) and train
+only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are one such run.
 
 Under `torchrun` each rank takes its slice of the global batch and the gradients are
 averaged across ranks (DDP's all-reduce, over gloo on CPU), so N ranks equal one process
@@ -65,7 +71,7 @@ from .metrics import noise_floor_bits
 from .model import WorldFlow
 
 PARTS = ("flow", "denoiser", "heads")  # one optimizer each
-BATCH_STREAM, VAL_STREAM = 0, 1  # independent random streams of a (seed, step) generator
+BATCH_STREAM, VAL_STREAM, HEADS_STREAM = 0, 1, 2  # independent streams of (seed, step) generators
 
 
 @dataclass
@@ -95,6 +101,11 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     resume: bool = False  # continue from out/checkpoint (exactly)
+    init: str | None = None  # start from a trained model (a shipped name or a model folder)
+    init_parts: list[str] = field(default_factory=lambda: list(PARTS))  # loaded from `init`
+    train_parts: list[str] = field(default_factory=lambda: list(PARTS))  # the rest are frozen
+    heads_batch: int = 64  # global (frame, next frame) pairs a step for the task heads
+    heads_terminal_fraction: float = 0.5  # of them, drawn from terminal transitions
     threads: int | None = None  # torch CPU threads; None: torch's default
     fsdp: bool = False  # shard with FSDP2 (large presets, torchrun only)
     device: str = "cpu"
@@ -103,7 +114,10 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------ set-up
 def build_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
-    """The preset with `cfg.model` overrides, shaped by the dataset's meta (frames, actions)."""
+    """The preset (or `cfg.init`'s config) with `cfg.model` overrides, shaped by the
+    dataset's meta (frames, actions); with `cfg.init`, its `init_parts` weights loaded."""
+    if cfg.init:
+        return _init_model(cfg, meta)
     overrides = dict(cfg.model)
     size = tuple(meta["frame_size"])
     if "frame_size" in overrides and tuple(overrides["frame_size"]) != size:
@@ -127,12 +141,43 @@ def build_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
     return WorldFlow(preset(cfg.preset, **overrides))
 
 
+def part_of(name: str) -> str:
+    """Which optimizer a parameter belongs to: "denoiser", "heads" or (all else) "flow"."""
+    head = name.split(".")[0]
+    return head if head in PARTS else "flow"
+
+
+def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
+    """`cfg.init`'s config with `cfg.model` overrides; weights of `cfg.init_parts` loaded."""
+    start = WorldFlow.from_pretrained(cfg.init)
+    config = dataclasses.replace(start.config, **cfg.model)
+    if cfg.noise_std is not None:
+        config = dataclasses.replace(config, noise_std=cfg.noise_std)
+    if tuple(config.frame_size) != tuple(meta["frame_size"]):
+        raise ConfigError(f"init: {cfg.init!r} models frames of {list(config.frame_size)}, the "
+                          f"dataset {cfg.data!r} has {list(meta['frame_size'])}")
+    space = meta["action_space"]
+    actions = (config.num_actions if space["type"] == "discrete" else config.action_dim,
+               int(space["n"]) if space["type"] == "discrete" else int(np.prod(space["shape"])))
+    if actions[0] != actions[1]:
+        raise ConfigError(f"init: {cfg.init!r} takes {actions[0]} {space['type']} actions, "
+                          f"the dataset {cfg.data!r} has {actions[1]}")
+    model = WorldFlow(dataclasses.replace(config, task_heads=True))
+    weights = {k: v for k, v in start.state_dict().items() if part_of(k) in cfg.init_parts}
+    model.load_state_dict(weights, strict=False)
+    model.info = {"init": {"model": str(cfg.init), **start.info}}
+    return model
+
+
 def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.AdamW]:
-    """AdamW for the flow, the denoiser and the heads; weight decay on matrices only."""
-    params = {part: ([], []) for part in PARTS}
+    """AdamW for each trained part (flow, denoiser, heads); weight decay on matrices only.
+    Parameters of the other parts stop requiring gradients."""
+    params = {part: ([], []) for part in cfg.train_parts}
     for name, p in model.named_parameters():
-        part = name.split(".")[0] if name.split(".")[0] in PARTS else "flow"
-        params[part][p.dim() < 2].append(p)
+        part = part_of(name)
+        p.requires_grad_(part in params)
+        if part in params:
+            params[part][p.dim() < 2].append(p)
     lrs = {"flow": cfg.lr, "denoiser": cfg.denoiser_lr, "heads": cfg.heads_lr}
     return {
         part: torch.optim.AdamW(
@@ -159,13 +204,13 @@ def make_schedulers(optimizers: dict, cfg: TrainConfig) -> dict:
     return {k: torch.optim.lr_scheduler.LambdaLR(o, schedule) for k, o in optimizers.items()}
 
 
-def termination_pos_weight(terminated: Tensor, clips: ClipDataset) -> Tensor:
-    """negatives / positives over the training clips' transitions (terminations are rare)."""
-    count = torch.cat([torch.zeros(1), terminated.double().cumsum(0)])
-    pairs = clips.clip_len - 1  # labels of a clip: terminated[start : start + T - 1]
-    positives = float((count[clips.starts + pairs] - count[clips.starts]).sum())
-    total = len(clips) * pairs
-    return torch.tensor((total - positives) / positives if positives else 1.0)
+def transitions(tensordict, episodes: list[int]) -> tuple[Tensor, Tensor]:
+    """Indices i of the pairs (frame i, frame i + 1) inside `episodes`, and those of them
+    whose transition terminated the episode (`terminated[i]`)."""
+    episode = tensordict["episode"]
+    same = (episode[:-1] == episode[1:]) & torch.isin(episode[:-1], torch.tensor(episodes))
+    pairs = same.nonzero()[:, 0]
+    return pairs, pairs[tensordict["terminated"][pairs]]
 
 
 def first_frames(tensordict, episodes: list[int], limit: int = 64) -> Tensor:
@@ -194,22 +239,30 @@ def sample_batch(clips: ClipDataset, batch_size: int, gen: torch.Generator, rank
             "noise": noise}
 
 
+def sample_pairs(tensordict, pairs: tuple[Tensor, Tensor], batch_size: int, terminal_fraction: float,
+                 gen: torch.Generator, rank: int = 0, world: int = 1) -> dict[str, Tensor]:
+    """This rank's slice of a global batch of (frame, next frame) pairs for the heads:
+    `round(terminal_fraction * batch_size)` terminal transitions, the rest uniform."""
+    every, terminal = pairs
+    k = round(terminal_fraction * batch_size) if len(terminal) else 0
+    index = torch.cat([terminal[torch.randint(len(terminal), (k,), generator=gen)],
+                       every[torch.randint(len(every), (batch_size - k,), generator=gen)]])
+    index = index[rank * batch_size // world:(rank + 1) * batch_size // world]
+    return {"previous": tensordict["frames"][index], "frames": tensordict["frames"][index + 1],
+            "rewards": tensordict["rewards"][index], "terminated": tensordict["terminated"][index]}
+
+
 # ------------------------------------------------------------------------------ one step
-def denoiser_prediction(model: WorldFlow, x: Tensor) -> Tensor:
-    """The denoiser's output for noisy frames x (B, T, C, H, W), as tokens (B, T, N, c)."""
-    return model.denoiser_tokens(x)
+def heads_losses(model: WorldFlow, pairs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Reward MSE and termination BCE over a batch of clean (frame t, frame t + 1) pairs."""
+    device = model.device
+    reward, logit = model.heads(frames_to_model(pairs["previous"].to(device)),
+                                frames_to_model(pairs["frames"].to(device)))
+    return (F.mse_loss(reward, pairs["rewards"].to(device, reward.dtype)),
+            F.binary_cross_entropy_with_logits(logit, pairs["terminated"].to(device, logit.dtype)))
 
 
-def heads_losses(model: WorldFlow, x: Tensor, rewards: Tensor, terminated: Tensor,
-                 pos_weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Reward MSE and balanced termination BCE over the pairs (frame t, frame t + 1)."""
-    reward, logit = model.heads(x[:, :-1].flatten(0, 1), x[:, 1:].flatten(0, 1))
-    label = terminated[:, :-1].flatten().to(logit.dtype)
-    return (F.mse_loss(reward, rewards[:, :-1].flatten().to(reward.dtype)),
-            F.binary_cross_entropy_with_logits(logit, label, pos_weight=pos_weight))
-
-
-def compute_gradients(model: WorldFlow, batch: dict, sigma: float, pos_weight: Tensor) -> dict:
+def compute_gradients(model: WorldFlow, batch: dict, sigma: float, pairs: dict) -> dict:
     """Forward once, fill every parameter's .grad; returns the (detached) losses.
 
     The score target is d(flow loss)/dx times x.numel() * sigma, exactly
@@ -221,12 +274,13 @@ def compute_gradients(model: WorldFlow, batch: dict, sigma: float, pos_weight: T
     x = (x_clean + sigma * batch["noise"].to(device)).requires_grad_(True)
     z, logdets, _ = model.flow_forward(x, batch["actions"].to(device))
     flow = model.reference_loss(z, logdets)
-    flow.backward()
+    flow.backward()  # a frozen flow: only x.grad
     target = model.codec.to_tokens(x.grad * x.numel() * sigma)
-    denoiser = F.mse_loss(denoiser_prediction(model, x.detach()), target)
-    reward, termination = heads_losses(model, x_clean, batch["rewards"].to(device),
-                                       batch["terminated"].to(device), pos_weight.to(device))
-    (denoiser + reward + termination).backward()
+    denoiser = F.mse_loss(model.denoiser_tokens(x.detach()), target)
+    reward, termination = heads_losses(model, pairs)
+    rest = denoiser + reward + termination
+    if rest.requires_grad:  # some of the denoiser and heads train
+        rest.backward()
     losses = {"flow_loss": flow, "denoiser_loss": denoiser, "reward_loss": reward,
               "termination_loss": termination}
     return {k: v.detach() for k, v in losses.items()}
@@ -251,13 +305,15 @@ def average_gradients(params: list[Tensor]) -> None:
 
 @torch.no_grad()
 def evaluate(model: WorldFlow, clips: ClipDataset, batch_size: int, batches: int, seed: int,
-             pos_weight: Tensor, rank: int = 0, world: int = 1) -> dict:
+             tensordict, pairs: Tensor, rank: int = 0, world: int = 1) -> dict:
     """Validation figures on fixed batches with fixed noise (the same at every call).
 
     bits/dim in the 8-bit convention: (NLL per dim in model units + log 127.5) / ln 2, for
     the noisy clips x + sigma * eps, reported beside the noise floor (the noise's own
-    entropy) and the excess above it. Termination balanced accuracy: mean of the true
-    positive and true negative rates of `logit > 0` (None if a class is absent).
+    entropy) and the excess above it. The heads are scored on every validation pair
+    `pairs` (each rank a strided share): reward MSE, and the termination balanced accuracy,
+    the mean of the true positive and true negative rates of `logit > 0` (None if a class
+    is absent).
     """
     sigma, dims = model.config.noise_std, model.config.dims_per_frame
     # nll per dim summed over frames, frames, tp, fn, tn, fp, reward squared error, pairs
@@ -267,14 +323,16 @@ def evaluate(model: WorldFlow, clips: ClipDataset, batch_size: int, batches: int
         x = frames_to_model(batch["frames"].to(model.device))
         nll = model.frame_nll(x + sigma * batch["noise"].to(x.device),
                               batch["actions"].to(x.device))  # (B, T) nats, model units
-        reward, logit = model.heads(x[:, :-1].flatten(0, 1), x[:, 1:].flatten(0, 1))
-        label = batch["terminated"][:, :-1].flatten().to(x.device)
+        sums[:2] += torch.tensor([float(nll.sum()) / dims, nll.numel()], dtype=sums.dtype)
+    for chunk in pairs[rank::world].split(1024):
+        frames = frames_to_model(tensordict["frames"][torch.cat([chunk, chunk + 1])].to(model.device))
+        reward, logit = model.heads(frames[: len(chunk)], frames[len(chunk):])
+        label = tensordict["terminated"][chunk].to(logit.device)
         pred = logit > 0
-        error = reward - batch["rewards"][:, :-1].flatten().to(x.device)
-        sums += torch.tensor([
-            float(nll.sum()) / dims, nll.numel(), int((pred & label).sum()),
-            int((~pred & label).sum()), int((~pred & ~label).sum()), int((pred & ~label).sum()),
-            float(error.pow(2).sum()), label.numel(),
+        error = reward - tensordict["rewards"][chunk].to(reward.device)
+        sums[2:] += torch.tensor([
+            int((pred & label).sum()), int((~pred & label).sum()), int((~pred & ~label).sum()),
+            int((pred & ~label).sum()), float(error.pow(2).sum()), label.numel(),
         ], dtype=sums.dtype, device=sums.device)
     if dist.is_initialized():
         dist.all_reduce(sums)
@@ -479,6 +537,17 @@ def check_config(cfg: TrainConfig, world: int) -> None:
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size: expected a multiple of the {world} ranks, "
                           f"got {cfg.batch_size}")
+    for name in ("train_parts", "init_parts"):
+        unknown = [p for p in getattr(cfg, name) if p not in PARTS]
+        if unknown or (name == "train_parts" and not getattr(cfg, name)):
+            raise ConfigError(f"{name}: expected a non-empty list of {list(PARTS)}, "
+                              f"got {list(getattr(cfg, name))}")
+    if cfg.heads_batch < 1 or cfg.heads_batch % world:
+        raise ConfigError(f"heads_batch: expected a positive multiple of the {world} ranks, "
+                          f"got {cfg.heads_batch}")
+    if not 0.0 <= cfg.heads_terminal_fraction <= 1.0:
+        raise ConfigError(f"heads_terminal_fraction: expected a number in [0, 1], "
+                          f"got {cfg.heads_terminal_fraction}")
     if cfg.fsdp and world == 1:
         raise ConfigError("fsdp: expected a torchrun launch with WORLD_SIZE > 1, got one process")
 
@@ -520,7 +589,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     if not len(train_clips) or not len(val_clips):
         raise ConfigError(f"data: expected train and val clips of {cfg.clip_len} frames in "
                           f"{cfg.data!r}, got {len(train_clips)} and {len(val_clips)}")
-    pos_weight = termination_pos_weight(tensordict["terminated"], train_clips)
+    train_pairs = transitions(tensordict, train_clips.episodes)
+    val_pairs, _ = transitions(tensordict, val_clips.episodes)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, meta).to(device)
@@ -549,7 +619,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     def validate() -> dict:
         model.eval()
         figures = evaluate(model, val_clips, cfg.batch_size, cfg.val_batches, cfg.seed,
-                           pos_weight, rank, world)
+                           tensordict, val_pairs, rank, world)
         if cfg.fsdp:  # FSDP2 keeps the root unsharded after a forward without backward
             model.reshard()
         model.train()
@@ -565,7 +635,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         tic = time.perf_counter()
         batch = sample_batch(train_clips, cfg.batch_size,
                              step_generator(cfg.seed, step, BATCH_STREAM), rank, world)
-        losses = compute_gradients(model, batch, sigma, pos_weight)
+        pairs = sample_pairs(tensordict, train_pairs, cfg.heads_batch, cfg.heads_terminal_fraction,
+                             step_generator(cfg.seed, step, HEADS_STREAM), rank, world)
+        losses = compute_gradients(model, batch, sigma, pairs)
         if world > 1 and not cfg.fsdp:
             average_gradients([p for params in groups.values() for p in params])
         for name, optimizer in optimizers.items():
@@ -579,7 +651,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         if step % cfg.log_every == 0 or step == cfg.steps:
             row = _mean_over_ranks(losses)
             row.update(loss=sum(row.values()), train_bits_per_dim=_bits(row["flow_loss"]),
-                       lr=optimizers["flow"].param_groups[0]["lr"],
+                       lr=next(iter(optimizers.values())).param_groups[0]["lr"],
                        seconds_per_step=float(np.mean(seconds[-cfg.log_every:])))
             if log is not None:
                 log.write(step, row)
@@ -609,7 +681,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         plain.save_pretrained(out / "model", extra={
             "env_id": model.config.env_id,
             "training": {"command": command_line(cfg), "config": dataclasses.asdict(cfg),
-                         "steps": step, "validation": figures},
+                         "steps": step, "validation": figures, **model.info},
         })
         log.close()
     return summary
