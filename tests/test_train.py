@@ -159,6 +159,13 @@ def test_init_loads_chosen_parts_and_freezes_the_rest(data, short_run, tmp_path)
     with pytest.raises(wf.ConfigError, match=r"train_parts: expected a non-empty list.*\['decoder'\]"):
         run(replace(cfg, train_parts=["decoder"]))
 
+    # the heads alone (no flow pass at all): everything else is the init's, bit for bit
+    heads = run(replace(cfg, init=str(tmp_path / "stage2" / "model"), out=str(tmp_path / "heads"),
+                        init_parts=["flow", "denoiser", "heads"], train_parts=["heads"], steps=2))
+    last = wf.WorldFlow.from_pretrained(heads["model"]).state_dict()
+    for name, value in last.items():
+        assert torch.equal(value, after.state_dict()[name]) == (not name.startswith("heads.")), name
+
 
 def test_frame_size_override_must_match_the_data(data):
     _, meta = load_dataset(data)

@@ -129,16 +129,23 @@ def verify(path: Path, sums: dict) -> None:
             raise CheckpointError(f"{path / name}: checksum mismatch with config.json: the file is corrupted")
 
 
-def load_pretrained(cls, name_or_path, device="cpu"):
+def read_pretrained(name_or_path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor], dict]:
+    """A saved model's folder, config, weights (checksums verified) and the rest of its
+    config.json (the training record), without building the model."""
     path = resolve(name_or_path)
     meta = read_json(path / CONFIG)
     if "model" not in meta:
         raise CheckpointError(f"{path / CONFIG}: expected a 'model' section, got keys {sorted(meta)}")
     verify(path, meta.get("sha256", {}))
-    config = ModelConfig.from_dict(meta["model"])
+    info = {k: v for k, v in meta.items() if k not in ("model", "sha256")}
+    return path, ModelConfig.from_dict(meta["model"]), read_tensors(path / WEIGHTS), info
+
+
+def load_pretrained(cls, name_or_path, device="cpu"):
+    path, config, weights, info = read_pretrained(name_or_path)
     model = cls(config)
-    load_weights(model, read_tensors(path / WEIGHTS), path / WEIGHTS)
-    model.info = {k: v for k, v in meta.items() if k not in ("model", "sha256")}
+    load_weights(model, weights, path / WEIGHTS)
+    model.info = info
     if (path / START_FRAMES).is_file():
         frames = read_tensors(path / START_FRAMES).get("frames")
         expected = (*config.frame_size, config.channels)

@@ -62,7 +62,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
-from .checkpoint import read_json, read_tensors, sha256, write_json, write_tensors
+from .checkpoint import read_json, read_pretrained, read_tensors, sha256, write_json, write_tensors
 from .codec import LOG_PIXEL_SCALE, frames_to_model
 from .config import preset
 from .data import ClipDataset, load_dataset
@@ -149,8 +149,8 @@ def part_of(name: str) -> str:
 
 def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
     """`cfg.init`'s config with `cfg.model` overrides; weights of `cfg.init_parts` loaded."""
-    start = WorldFlow.from_pretrained(cfg.init)
-    config = dataclasses.replace(start.config, **cfg.model)
+    path, config, tensors, info = read_pretrained(cfg.init)
+    config = dataclasses.replace(config, **cfg.model)
     if cfg.noise_std is not None:
         config = dataclasses.replace(config, noise_std=cfg.noise_std)
     if tuple(config.frame_size) != tuple(meta["frame_size"]):
@@ -163,9 +163,15 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
         raise ConfigError(f"init: {cfg.init!r} takes {actions[0]} {space['type']} actions, "
                           f"the dataset {cfg.data!r} has {actions[1]}")
     model = WorldFlow(dataclasses.replace(config, task_heads=True))
-    weights = {k: v for k, v in start.state_dict().items() if part_of(k) in cfg.init_parts}
-    model.load_state_dict(weights, strict=False)
-    model.info = {"init": {"model": str(cfg.init), **start.info}}
+    expected = {k: v.shape for k, v in model.state_dict().items() if part_of(k) in cfg.init_parts}
+    loaded = {k: v for k, v in tensors.items() if part_of(k) in cfg.init_parts}
+    found = {k: v.shape for k, v in loaded.items()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        raise ConfigError(f"init: {path} does not hold {list(cfg.init_parts)} of this config: "
+                          f"{wrong[:4]} missing or of another shape")
+    model.load_state_dict(loaded, strict=False)
+    model.info = {"init": {"model": str(cfg.init), **info}}
     return model
 
 
@@ -262,13 +268,18 @@ def heads_losses(model: WorldFlow, pairs: dict[str, Tensor]) -> tuple[Tensor, Te
             F.binary_cross_entropy_with_logits(logit, pairs["terminated"].to(device, logit.dtype)))
 
 
-def compute_gradients(model: WorldFlow, batch: dict, sigma: float, pairs: dict) -> dict:
+def compute_gradients(model: WorldFlow, batch: dict, sigma: float, pairs: dict,
+                      parts: tuple[str, ...] = PARTS) -> dict:
     """Forward once, fill every parameter's .grad; returns the (detached) losses.
 
     The score target is d(flow loss)/dx times x.numel() * sigma, exactly
     `denoiser.score_target`, but read from x.grad after the backward that trains the flow
     instead of a second backward through the flow (a quarter of the step's cost).
     """
+    if "flow" not in parts and "denoiser" not in parts:  # heads alone: no flow pass needed
+        reward, termination = heads_losses(model, pairs)
+        (reward + termination).backward()
+        return {"reward_loss": reward.detach(), "termination_loss": termination.detach()}
     device = model.device
     x_clean = frames_to_model(batch["frames"].to(device))
     x = (x_clean + sigma * batch["noise"].to(device)).requires_grad_(True)
@@ -637,7 +648,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
                              step_generator(cfg.seed, step, BATCH_STREAM), rank, world)
         pairs = sample_pairs(tensordict, train_pairs, cfg.heads_batch, cfg.heads_terminal_fraction,
                              step_generator(cfg.seed, step, HEADS_STREAM), rank, world)
-        losses = compute_gradients(model, batch, sigma, pairs)
+        losses = compute_gradients(model, batch, sigma, pairs, tuple(cfg.train_parts))
         if world > 1 and not cfg.fsdp:
             average_gradients([p for params in groups.values() for p in params])
         for name, optimizer in optimizers.items():
@@ -650,12 +661,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             row = _mean_over_ranks(losses)
-            row.update(loss=sum(row.values()), train_bits_per_dim=_bits(row["flow_loss"]),
+            row.update(loss=sum(row.values()), train_bits_per_dim=_bits(row.get("flow_loss")),
                        lr=next(iter(optimizers.values())).param_groups[0]["lr"],
                        seconds_per_step=float(np.mean(seconds[-cfg.log_every:])))
             if log is not None:
                 log.write(step, row)
-            bar.set_postfix(loss=f"{row['flow_loss']:.4f}",
+            bar.set_postfix(loss=f"{row['loss']:.4f}",
                             bpd=f"{figures.get('val_bits_per_dim', math.nan):.3f}")
         if step % cfg.val_every == 0 or step == cfg.steps:
             figures = validate()
@@ -695,8 +706,10 @@ def _mean_over_ranks(losses: dict[str, Tensor]) -> dict[str, float]:
     return dict(zip(losses, values.tolist()))
 
 
-def _bits(loss_per_dim: float) -> float:
+def _bits(loss_per_dim: float | None) -> float | None:
     """Reference loss (model units, no 0.5 log 2 pi) -> bits/dim, 8-bit convention."""
+    if loss_per_dim is None:
+        return None
     return (loss_per_dim + 0.5 * math.log(2 * math.pi) + LOG_PIXEL_SCALE) / math.log(2)
 
 
