@@ -691,6 +691,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         plain.start_frames = first_frames(tensordict, train_clips.episodes)
         plain.save_pretrained(out / "model", extra={
             "env_id": model.config.env_id,
+            "data": {"path": cfg.data, **{k: meta.get(k) for k in ("episodes", "frames", "policy")},
+                     "chunks": [{k: v for k, v in chunk.items() if k not in ("seeds", "episode_ids")}
+                                for chunk in meta.get("chunks", [])]},
             "training": {"command": command_line(cfg), "config": dataclasses.asdict(cfg),
                          "steps": step, "validation": figures, **model.info},
         })
