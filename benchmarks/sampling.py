@@ -78,7 +78,9 @@ def run(args: Args) -> dict:
     z = torch.randn(args.batch, args.frames, cfg.tokens_per_frame, cfg.token_dim, generator=gen)
 
     def sample(sampler: SamplerConfig):
-        state = model.start(args.batch, context, None if actions is None else actions[:, : args.context])
+        state = model.start(
+            args.batch, context, None if actions is None else actions[:, : args.context], seed=args.seed
+        )  # seeded context noise: every run inverts the same problem
         frames, calls = [], []
         for t in range(args.frames):
             action = None if actions is None else actions[:, args.context + t - 1]
@@ -88,7 +90,7 @@ def run(args: Args) -> dict:
         return torch.stack(frames, 1), sum(calls) / len(calls)
 
     def floor():
-        state = model.start(args.batch, context)
+        state = model.start(args.batch, context, seed=args.seed)
         x = torch.randn(args.batch, 1, cfg.channels, *cfg.frame_size, generator=gen)
         for _ in range(args.frames):
             model.push_context(state, x)
