@@ -5,7 +5,8 @@
 Held-out real episodes (seeds training never saw) are cut into clips of the model's
 window, noised with the training sigma, and cleaned in one step, `x + sigma^2 * score`:
 by the learned denoiser and by the exact score (autograd through the flow). Reports the
-mean squared error to the clean frames before and after, wall time of each, and the
+mean squared error to the clean frames before and after, the median wall time of each
+over `repeats` calls after a warm-up, and the
 PSNR of generated continuations against the real continuation with and without
 denoising. Prints one JSON line; `--out` also writes it.
 """
@@ -33,6 +34,7 @@ class Args:
     clips_per_episode: int = 2
     context: int = 4  # real frames before a generated continuation
     horizon: int = 8  # frames generated per continuation
+    repeats: int = 5  # timed calls of each denoiser after a warm-up (the median is reported)
     threads: int = 1
     out: str = ""
 
@@ -60,10 +62,14 @@ def clips(model: wf.WorldFlow, args: Args):
     return torch.stack(frames), torch.stack(actions)
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+def timed(fn, repeats: int):
+    """fn's output and its median wall time over `repeats` calls after a warm-up call."""
+    out, times = fn(), []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return out, sorted(times)[len(times) // 2]
 
 
 @torch.no_grad()
@@ -75,8 +81,8 @@ def run(args: Args) -> dict:
     clean = frames_to_model(frames)
     gen = torch.Generator().manual_seed(args.seed)
     noisy = clean + sigma * torch.randn(clean.shape, generator=gen)
-    learned, learned_s = timed(lambda: model.denoise(noisy, actions))
-    exact, exact_s = timed(lambda: model.denoise(noisy, actions, method="exact"))
+    learned, learned_s = timed(lambda: model.denoise(noisy, actions), args.repeats)
+    exact, exact_s = timed(lambda: model.denoise(noisy, actions, method="exact"), args.repeats)
 
     def mse(x):
         return (x - clean).pow(2).mean().item()

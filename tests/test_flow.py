@@ -1,5 +1,6 @@
 """Flow blocks and the whole flow: exact log-determinants and autoregressive structure."""
 
+import pytest
 import torch
 from conftest import build
 
@@ -55,3 +56,19 @@ def test_each_block_is_exactly_autoregressive_in_its_order():
     jac = torch.autograd.functional.jacobian(lambda v: model.encode(v)[0], x)[0, :, :, :, :, 0]
     assert torch.count_nonzero(jac[0][:, :, :, 1]) == 0  # z of frame 0 vs x of frame 1
     assert torch.count_nonzero(jac[1][:, :, :, 0]) > 0  # frame 1 does depend on frame 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rotary_turns_each_adjacent_pair_by_its_angle(dtype):
+    """(x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), whichever path the dtype takes."""
+    from worldflow.nn import apply_rotary
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 8, generator=gen, dtype=torch.float64)
+    angle = torch.randn(5, 4, generator=gen, dtype=torch.float64).repeat_interleave(2, -1)
+    x0, x1 = x[..., ::2], x[..., 1::2]
+    c, s = angle.cos()[:, ::2], angle.sin()[:, ::2]
+    expected = torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], dim=-1).flatten(-2)
+    got = apply_rotary(x.to(dtype), angle.cos().to(dtype), angle.sin().to(dtype))
+    tol = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 3e-2}[dtype]
+    assert got.dtype == dtype and torch.allclose(got.double(), expected, atol=tol)

@@ -499,6 +499,8 @@ def command_line(cfg: TrainConfig) -> str:
         v = getattr(cfg, f.name)
         if f.name == "model":
             parts += [f"+model.{k}={value(x)}" for k, x in v.items()]
+        elif f.name == "preset" and cfg.init:
+            continue  # the model comes from `init`
         elif f.name in ("preset", "data", "out", "steps") or (
                 f.name not in ("resume", "progress") and v != getattr(default, f.name)):
             parts.append(f"{f.name}={value(v)}")
