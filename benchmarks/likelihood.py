@@ -94,10 +94,6 @@ class Args:
     out: str = ""  # e.g. benchmarks/results/likelihood.json
 
 
-def load(name: str) -> tuple[wf.WorldFlow, str]:
-    return wf.WorldFlow.from_pretrained(name), str(name)
-
-
 def _num(value, digits: int = 4):
     """A JSON-safe rounded float (NaN/inf -> None)."""
     if value is None:
@@ -345,7 +341,7 @@ def dynamics(model, episodes, args, geometry) -> tuple[dict, dict, dict]:
 def run(args: Args) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    model, model_path = load(args.model)
+    model = wf.WorldFlow.from_pretrained(args.model)
     cfg = model.config
     env_id = cfg.env_id or "CartPole-v1"
     if not env_id.startswith("CartPole"):
@@ -355,28 +351,23 @@ def run(args: Args) -> dict:
     crop = cfg.crop if cfg.crop is not None else default_preprocessing(env_id)[1]  # as record_episode
     geometry = (tuple(cfg.frame_size), crop, cartpole_pixels_per_unit(cfg.frame_size, crop))
 
-    episodes = [
-        record_episode(
-            env_id,
-            seed=args.seed + i,
-            max_steps=args.max_steps,
-            frame_size=cfg.frame_size,
-            crop=crop,
-            policy=args.policy,
-        )
-        for i in tqdm(range(args.episodes), desc="held-out episodes", unit="ep")
-    ]
-    extra = [
-        record_episode(
-            env_id,
-            seed=args.seed + 1000 + i,
-            max_steps=args.max_steps,
-            frame_size=cfg.frame_size,
-            crop=crop,
-            policy=args.policy,
-        )
-        for i in tqdm(range(args.termination_episodes), desc="termination episodes", unit="ep")
-    ]
+    def play(seeds, desc: str) -> list:
+        return [
+            record_episode(
+                env_id,
+                seed=seed,
+                max_steps=args.max_steps,
+                frame_size=cfg.frame_size,
+                crop=crop,
+                policy=args.policy,
+            )
+            for seed in tqdm(seeds, desc=desc, unit="ep")
+        ]
+
+    episodes = play(range(args.seed, args.seed + args.episodes), "held-out episodes")
+    extra = play(
+        range(args.seed + 1000, args.seed + 1000 + args.termination_episodes), "termination episodes"
+    )
     lengths = [ep.shape[0] for ep in episodes]
     t_collect = time.perf_counter() - t_start
 
@@ -408,7 +399,7 @@ def run(args: Args) -> dict:
     return {
         "benchmark": "likelihood",
         "model": args.model,
-        "model_path": model_path,
+        "model_path": str(args.model),
         "baseline": args.baseline or None,
         "env_id": env_id,
         "frame_size": list(cfg.frame_size),

@@ -157,8 +157,12 @@ def load_pretrained(cls, name_or_path, device="cpu"):
     return model.to(device).eval()
 
 
-def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where) -> None:
-    expected = model.state_dict()
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where, keep=None) -> None:
+    """Load `tensors` into `model`, all of its weights or those whose name `keep` accepts;
+    raises CheckpointError naming missing, unexpected or misshapen ones."""
+    if keep is not None:
+        tensors = {k: v for k, v in tensors.items() if keep(k)}
+    expected = {k: v for k, v in model.state_dict().items() if keep is None or keep(k)}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -170,4 +174,4 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where
             raise CheckpointError(
                 f"{where}: {key} expected shape {tuple(expected[key].shape)}, got {tuple(value.shape)}"
             )
-    model.load_state_dict(tensors)
+    model.load_state_dict(tensors, strict=keep is None)

@@ -62,7 +62,15 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
-from .checkpoint import read_json, read_pretrained, read_tensors, sha256, write_json, write_tensors
+from .checkpoint import (
+    load_weights,
+    read_json,
+    read_pretrained,
+    read_tensors,
+    sha256,
+    write_json,
+    write_tensors,
+)
 from .codec import LOG_PIXEL_SCALE, frames_to_model
 from .config import preset
 from .data import ClipDataset, load_dataset
@@ -130,15 +138,18 @@ def build_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
             raise ConfigError(f"noise_std: got {cfg.noise_std} and model.noise_std="
                               f"{overrides['noise_std']}; expected one of them")
         overrides["noise_std"] = cfg.noise_std
-    space = meta["action_space"]
-    if space["type"] == "discrete":
-        overrides.update(num_actions=int(space["n"]), action_dim=None)
-    else:
-        overrides.update(action_dim=int(np.prod(space["shape"])), num_actions=None)
-    crop = meta.get("crop")
-    overrides.update(frame_size=size, crop=None if crop is None else tuple(crop),
-                     env_id=meta.get("env_id"), task_heads=True)
+    overrides.update(dataset_fields(meta), task_heads=True)
     return WorldFlow(preset(cfg.preset, **overrides))
+
+
+def dataset_fields(meta: dict) -> dict:
+    """The ModelConfig fields a dataset fixes: frame size, crop, env id, action space."""
+    space, crop = meta["action_space"], meta.get("crop")
+    discrete = space["type"] == "discrete"
+    return {"frame_size": tuple(meta["frame_size"]), "crop": None if crop is None else tuple(crop),
+            "env_id": meta.get("env_id"),
+            "num_actions": int(space["n"]) if discrete else None,
+            "action_dim": None if discrete else int(np.prod(space["shape"]))}
 
 
 def part_of(name: str) -> str:
@@ -153,24 +164,13 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
     config = dataclasses.replace(config, **cfg.model)
     if cfg.noise_std is not None:
         config = dataclasses.replace(config, noise_std=cfg.noise_std)
-    if tuple(config.frame_size) != tuple(meta["frame_size"]):
-        raise ConfigError(f"init: {cfg.init!r} models frames of {list(config.frame_size)}, the "
-                          f"dataset {cfg.data!r} has {list(meta['frame_size'])}")
-    space = meta["action_space"]
-    actions = (config.num_actions if space["type"] == "discrete" else config.action_dim,
-               int(space["n"]) if space["type"] == "discrete" else int(np.prod(space["shape"])))
-    if actions[0] != actions[1]:
-        raise ConfigError(f"init: {cfg.init!r} takes {actions[0]} {space['type']} actions, "
-                          f"the dataset {cfg.data!r} has {actions[1]}")
+    for name in ("frame_size", "num_actions", "action_dim"):
+        data_value = dataset_fields(meta)[name]
+        if getattr(config, name) != data_value:
+            raise ConfigError(f"init: {cfg.init!r} has {name}={getattr(config, name)}, the "
+                              f"dataset {cfg.data!r} needs {data_value}")
     model = WorldFlow(dataclasses.replace(config, task_heads=True))
-    expected = {k: v.shape for k, v in model.state_dict().items() if part_of(k) in cfg.init_parts}
-    loaded = {k: v for k, v in tensors.items() if part_of(k) in cfg.init_parts}
-    found = {k: v.shape for k, v in loaded.items()}
-    if found != expected:
-        wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
-        raise ConfigError(f"init: {path} does not hold {list(cfg.init_parts)} of this config: "
-                          f"{wrong[:4]} missing or of another shape")
-    model.load_state_dict(loaded, strict=False)
+    load_weights(model, tensors, path, keep=lambda key: part_of(key) in cfg.init_parts)
     model.info = {"init": {"model": str(cfg.init), **info}}
     return model
 
@@ -253,7 +253,11 @@ def sample_pairs(tensordict, pairs: tuple[Tensor, Tensor], batch_size: int, term
     k = round(terminal_fraction * batch_size) if len(terminal) else 0
     index = torch.cat([terminal[torch.randint(len(terminal), (k,), generator=gen)],
                        every[torch.randint(len(every), (batch_size - k,), generator=gen)]])
-    index = index[rank * batch_size // world:(rank + 1) * batch_size // world]
+    return gather_pairs(tensordict, index[rank * batch_size // world:(rank + 1) * batch_size // world])
+
+
+def gather_pairs(tensordict, index: Tensor) -> dict[str, Tensor]:
+    """The pairs (frame i, frame i + 1) for i in `index`, with the transition's labels."""
     return {"previous": tensordict["frames"][index], "frames": tensordict["frames"][index + 1],
             "rewards": tensordict["rewards"][index], "terminated": tensordict["terminated"][index]}
 
@@ -336,11 +340,10 @@ def evaluate(model: WorldFlow, clips: ClipDataset, batch_size: int, batches: int
                               batch["actions"].to(x.device))  # (B, T) nats, model units
         sums[:2] += torch.tensor([float(nll.sum()) / dims, nll.numel()], dtype=sums.dtype)
     for chunk in pairs[rank::world].split(1024):
-        frames = frames_to_model(tensordict["frames"][torch.cat([chunk, chunk + 1])].to(model.device))
-        reward, logit = model.heads(frames[: len(chunk)], frames[len(chunk):])
-        label = tensordict["terminated"][chunk].to(logit.device)
-        pred = logit > 0
-        error = reward - tensordict["rewards"][chunk].to(reward.device)
+        batch = {k: v.to(model.device) for k, v in gather_pairs(tensordict, chunk).items()}
+        reward, logit = model.heads(frames_to_model(batch["previous"]), frames_to_model(batch["frames"]))
+        label, pred = batch["terminated"], logit > 0
+        error = reward - batch["rewards"]
         sums[2:] += torch.tensor([
             int((pred & label).sum()), int((~pred & label).sum()), int((~pred & ~label).sum()),
             int((pred & ~label).sum()), float(error.pow(2).sum()), label.numel(),
