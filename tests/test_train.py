@@ -167,6 +167,24 @@ def test_init_loads_chosen_parts_and_freezes_the_rest(data, short_run, tmp_path)
         assert torch.equal(value, after.state_dict()[name]) == (not name.startswith("heads.")), name
 
 
+def _validation_rows(out: Path) -> list[dict]:
+    with open(Path(out) / "log.csv") as f:
+        return [r for r in csv.DictReader(f) if r["val_bits_per_dim"]]
+
+
+def test_a_continuation_with_another_seed_keeps_the_held_out_episodes(data, short_run, tmp_path):
+    """`seed` moves batches and noise, never the split: the continuation's first validation
+    (same weights, same held-out batches) equals the init run's last, figure for figure."""
+    out = tmp_path / "reseeded"
+    run(config(data, out, init=str(short_run / "model"), seed=7, steps=1, train_parts=["flow"]))
+    last, first = _validation_rows(short_run)[-1], _validation_rows(out)[0]
+    assert int(first["step"]) == 0
+    figures = [k for k, v in last.items() if k.startswith("val_") and v]
+    assert "val_bits_per_dim" in figures
+    for key in figures:
+        assert float(first[key]) == float(last[key]), key
+
+
 def test_frame_size_override_must_match_the_data(data):
     _, meta = load_dataset(data)
     with pytest.raises(wf.ConfigError, match=r"model.frame_size.*\[16, 16\].*\[32, 32\]"):

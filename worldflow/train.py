@@ -107,7 +107,9 @@ class TrainConfig:
     val_batches: int = 4
     checkpoint_every: int = 500
     log_every: int = 10
-    seed: int = 0
+    seed: int = 0  # weight init, batch order, noise
+    split_seed: int = 0  # the train/val episode split and the validation batches: keep it across
+    # runs that continue one another (init=), so validation stays held out and comparable
     resume: bool = False  # continue from out/checkpoint (exactly)
     init: str | None = None  # start from a trained model (a shipped name or a model folder)
     init_parts: list[str] = field(default_factory=lambda: list(PARTS))  # loaded from `init`
@@ -600,8 +602,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     check_config(cfg, world)
     out, folder = Path(cfg.out), Path(cfg.out) / "checkpoint"
     tensordict, meta = load_dataset(cfg.data)
-    train_clips = ClipDataset(tensordict, cfg.clip_len, "train", cfg.val_fraction, cfg.seed)
-    val_clips = ClipDataset(tensordict, cfg.clip_len, "val", cfg.val_fraction, cfg.seed)
+    train_clips = ClipDataset(tensordict, cfg.clip_len, "train", cfg.val_fraction, cfg.split_seed)
+    val_clips = ClipDataset(tensordict, cfg.clip_len, "val", cfg.val_fraction, cfg.split_seed)
     if not len(train_clips) or not len(val_clips):
         raise ConfigError(f"data: expected train and val clips of {cfg.clip_len} frames in "
                           f"{cfg.data!r}, got {len(train_clips)} and {len(val_clips)}")
@@ -634,7 +636,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
 
     def validate() -> dict:
         model.eval()
-        figures = evaluate(model, val_clips, cfg.batch_size, cfg.val_batches, cfg.seed,
+        figures = evaluate(model, val_clips, cfg.batch_size, cfg.val_batches, cfg.split_seed,
                            tensordict, val_pairs, rank, world)
         if cfg.fsdp:  # FSDP2 keeps the root unsharded after a forward without backward
             model.reshard()
