@@ -101,6 +101,7 @@ def run(args: Args) -> dict:
         "benchmark": "denoise",
         "model": args.model,
         "noise_std": sigma,
+        "denoiser": {k: getattr(model.config, f"denoiser_{k}") for k in ("depth", "width", "predicts")},
         "clips": int(frames.shape[0]),
         "frames_per_clip": int(frames.shape[1]),
         "mse_noisy": mse(noisy),
