@@ -199,8 +199,7 @@ def test_twenty_steps_lower_the_validation_loss(data, tmp_path):
     out = tmp_path / "run"
     summary = run(config(data, out, steps=20, batch_size=8, lr=2e-3, warmup_steps=5,
                          val_every=10, log_every=5))
-    with open(out / "log.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["val_bits_per_dim"]]
+    rows = _validation_rows(out)
     assert [int(r["step"]) for r in rows] == [0, 10, 20]
     before = float(rows[0]["val_bits_per_dim"])
     assert summary["val_bits_per_dim"] == pytest.approx(float(rows[-1]["val_bits_per_dim"]))

@@ -166,11 +166,11 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
     config = dataclasses.replace(config, **cfg.model)
     if cfg.noise_std is not None:
         config = dataclasses.replace(config, noise_std=cfg.noise_std)
+    needed = dataset_fields(meta)
     for name in ("frame_size", "num_actions", "action_dim"):
-        data_value = dataset_fields(meta)[name]
-        if getattr(config, name) != data_value:
+        if getattr(config, name) != needed[name]:
             raise ConfigError(f"init: {cfg.init!r} has {name}={getattr(config, name)}, the "
-                              f"dataset {cfg.data!r} needs {data_value}")
+                              f"dataset {cfg.data!r} needs {needed[name]}")
     model = WorldFlow(dataclasses.replace(config, task_heads=True))
     load_weights(model, tensors, path, keep=lambda key: part_of(key) in cfg.init_parts)
     model.info = {"init": {"model": str(cfg.init), **info}}
