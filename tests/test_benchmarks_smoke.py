@@ -76,6 +76,11 @@ def test_likelihood_benchmark_smoke(cartpole_dir):
     )
     assert isinstance(lik["baseline"]["excess_frames_from_1"], float)
     assert abs(lik["excess_reduction_frames_from_1"]) < 1e-6  # the baseline is the model itself
+    assert lik["gain_over_baseline_bits_per_frame"] == 0
+    info = lik["frame_entropy"]  # over the held-out and the termination episodes' frames
+    assert info["frames"] > result["episode_frames"]["total"] and 1 <= info["distinct"] <= info["frames"]
+    assert 0 <= info["plug_in_bits"] <= info["chao_shen_bits"] + 1e-9
+    assert info["plug_in_bits"] <= math.log2(info["distinct"]) + 0.01  # rounded to 2 places
 
     reader = result["reader"]
     assert reader["frames"] == result["episode_frames"]["total"]
