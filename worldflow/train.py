@@ -673,8 +673,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
                        seconds_per_step=float(np.mean(seconds[-cfg.log_every:])))
             if log is not None:
                 log.write(step, row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}",
-                            bpd=f"{figures.get('val_bits_per_dim', math.nan):.3f}")
+            shown = {"loss": f"{row['loss']:.4f}"}
+            if "val_bits_per_dim" in figures:  # a resumed run has none until it validates
+                shown["val_bpd"] = f"{figures['val_bits_per_dim']:.3f}"
+            bar.set_postfix(shown)
         if step % cfg.val_every == 0 or step == cfg.steps:
             figures = validate()
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
