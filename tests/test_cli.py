@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import build
 
@@ -44,3 +45,33 @@ def test_demo_dreams_scores_and_plots(tmp_path, capsys):
 def test_unknown_command_prints_usage(capsys):
     assert main(["fly"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_command_help_lists_fields_with_defaults(capsys):
+    from worldflow.train import TrainConfig
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: worldflow train")
+    assert f"steps: {TrainConfig.steps}" in out and f"lr: {TrainConfig.lr}" in out
+
+
+def test_bad_arguments_end_in_one_line_naming_them(tmp_path, capsys):
+    cases = [
+        (["train", "steps=abc"], "steps"),  # wrong type for a field
+        (["train", "stepz=3"], "stepz"),  # no such field
+        (["demo", "model=no-such-model"], "model: expected a directory or a shipped model name"),
+        (["collect", "env=NoSuchEnv-v0", "episodes=1", f"out={tmp_path / 'd'}"], "env_id"),
+    ]
+    for argv, named in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"worldflow {argv[0]}: error:"), err
+        assert named in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()  # the failed collect left nothing behind
+
+
+def test_debug_mode_reraises(monkeypatch):
+    monkeypatch.setenv("WORLDFLOW_DEBUG", "1")
+    with pytest.raises(ValueError, match="model"):
+        main(["demo", "model=no-such-model"])

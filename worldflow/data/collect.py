@@ -290,7 +290,12 @@ def _make_env(env_id: str) -> gym.Env:
     # driver, and pygame's import banner would end up in every log.
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-    return gym.make(env_id, render_mode="rgb_array")
+    try:
+        return gym.make(env_id, render_mode="rgb_array")
+    except gym.error.Error as err:
+        raise ValueError(
+            f"env_id: expected a registered Gymnasium environment id, got {env_id!r} ({err})"
+        ) from err
 
 
 def _rollout(
