@@ -35,7 +35,6 @@ class DemoConfig:
     fps: int = 10
 
 
-
 def run(cfg: DemoConfig) -> dict:
     from .data.collect import record_episode
     from .model import WorldFlow
@@ -86,6 +85,8 @@ def run(cfg: DemoConfig) -> dict:
             (bpd_tampered[k] - bpd[k]) / max(np.abs(np.diff(bpd[1:])).mean(), 1e-9)
         ),
     }
+    if k + 1 < t:  # the real next frame, where the cart jumps back, under the tampered past
+        summary["surprise_next_frame_bits_per_dim"] = float(bpd_tampered[k + 1] - bpd[k + 1])
     if mc.env_id.startswith("CartPole"):
         summary.update(_cartpole_dynamics(real, dream, cfg.context, mc))
     _plot(out / "surprise.png", bpd, bpd_tampered, floor, k, summary)

@@ -1,0 +1,49 @@
+"""The shipped CartPole models on a real episode: causality, frame independence, surprise."""
+
+import pytest
+import torch
+
+import worldflow as wf
+from worldflow.checkpoint import ASSETS
+from worldflow.data import record_episode
+
+pytestmark = pytest.mark.skipif(
+    not (ASSETS / "cartpole").is_dir() or not (ASSETS / "cartpole-frame-independent").is_dir(),
+    reason="the shipped cartpole models are not in worldflow/assets",
+)
+K = 12  # the tampered frame
+
+
+@pytest.fixture(scope="module")
+def episode():
+    cfg = wf.WorldFlow.from_pretrained("cartpole").config
+    ep = record_episode(cfg.env_id, seed=4321, max_steps=20, frame_size=cfg.frame_size, crop=cfg.crop)
+    frames, actions = ep["frames"][None], ep["actions"][None]
+    tampered = frames.clone()
+    tampered[:, K] = torch.roll(tampered[:, K], 8, dims=2)  # the cart and pole 8 pixels right
+    return frames, actions, tampered
+
+
+def bits(name, frames, actions):
+    model = wf.WorldFlow.from_pretrained(name)
+    with torch.no_grad():
+        return model.log_prob(frames, actions).bits_per_dim[0]
+
+
+def test_world_model_is_causal_and_surprised_by_a_tampered_frame(episode):
+    frames, actions, tampered = episode
+    real, fake = bits("cartpole", frames, actions), bits("cartpole", tampered, actions)
+    torch.testing.assert_close(fake[:K], real[:K], rtol=0, atol=1e-5)  # the past does not see it
+    assert fake[K] - real[K] > 0.1  # the jump out ...
+    assert fake[K + 1] - real[K + 1] > 0.1  # ... and the real frame after it, jumping back
+
+
+def test_frame_independent_baseline_scores_each_frame_alone(episode):
+    frames, actions, tampered = episode
+    name = "cartpole-frame-independent"
+    real, fake = bits(name, frames, actions), bits(name, tampered, actions)
+    others = torch.arange(real.numel()) != K
+    torch.testing.assert_close(fake[others], real[others], rtol=0, atol=1e-5)
+    # A shifted cart is a plausible frame on its own: only a model of the past can flag it
+    # (measured: +0.0005 bits/dim here, against +0.33 under the world model).
+    assert fake[K] != real[K] and abs(fake[K] - real[K]) < 0.01
