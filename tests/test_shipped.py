@@ -15,8 +15,13 @@ K = 12  # the tampered frame
 
 
 @pytest.fixture(scope="module")
-def episode():
-    cfg = wf.WorldFlow.from_pretrained("cartpole").config
+def models():
+    return {name: wf.WorldFlow.from_pretrained(name) for name in ("cartpole", "cartpole-frame-independent")}
+
+
+@pytest.fixture(scope="module")
+def episode(models):
+    cfg = models["cartpole"].config
     ep = record_episode(cfg.env_id, seed=4321, max_steps=20, frame_size=cfg.frame_size, crop=cfg.crop)
     frames, actions = ep["frames"][None], ep["actions"][None]
     tampered = frames.clone()
@@ -24,24 +29,24 @@ def episode():
     return frames, actions, tampered
 
 
-def bits(name, frames, actions):
-    model = wf.WorldFlow.from_pretrained(name)
+def bits(model, frames, actions):
     with torch.no_grad():
         return model.log_prob(frames, actions).bits_per_dim[0]
 
 
-def test_world_model_is_causal_and_surprised_by_a_tampered_frame(episode):
+def test_world_model_is_causal_and_surprised_by_a_tampered_frame(models, episode):
     frames, actions, tampered = episode
-    real, fake = bits("cartpole", frames, actions), bits("cartpole", tampered, actions)
+    model = models["cartpole"]
+    real, fake = bits(model, frames, actions), bits(model, tampered, actions)
     torch.testing.assert_close(fake[:K], real[:K], rtol=0, atol=1e-5)  # the past does not see it
     assert fake[K] - real[K] > 0.1  # the jump out ...
     assert fake[K + 1] - real[K + 1] > 0.1  # ... and the real frame after it, jumping back
 
 
-def test_frame_independent_baseline_scores_each_frame_alone(episode):
+def test_frame_independent_baseline_scores_each_frame_alone(models, episode):
     frames, actions, tampered = episode
-    name = "cartpole-frame-independent"
-    real, fake = bits(name, frames, actions), bits(name, tampered, actions)
+    model = models["cartpole-frame-independent"]
+    real, fake = bits(model, frames, actions), bits(model, tampered, actions)
     others = torch.arange(real.numel()) != K
     torch.testing.assert_close(fake[others], real[others], rtol=0, atol=1e-5)
     # A shifted cart is a plausible frame on its own: only a model of the past can flag it

@@ -23,6 +23,7 @@ COMMANDS = {
     "generate": ("worldflow.generate", "GenerateConfig", "run"),
     "demo": ("worldflow.demo", "DemoConfig", "run"),
 }
+HELP = ("-h", "--help")
 
 
 def parse(schema: type, overrides: list[str], name: str):
@@ -56,13 +57,13 @@ def describe(command: str, module, schema: type) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     available = [c for c in COMMANDS if importlib.util.find_spec(COMMANDS[c][0]) is not None]
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in available:
+    if not argv or argv[0] in HELP or argv[0] not in available:
         print(f"usage: worldflow {{{','.join(available)}}} [key=value ...]", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        return 0 if argv and argv[0] in HELP else 2
     module_name, schema_name, run_name = COMMANDS[argv[0]]
     module = importlib.import_module(module_name)
     schema = getattr(module, schema_name)
-    if any(a in ("-h", "--help") for a in argv[1:]):
+    if any(a in HELP for a in argv[1:]):
         print(describe(argv[0], module, schema))
         return 0
     from hydra.errors import HydraException
