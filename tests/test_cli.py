@@ -61,7 +61,7 @@ def test_bad_arguments_end_in_one_line_naming_them(tmp_path, capsys):
         (["train", "steps=abc"], "steps"),  # wrong type for a field
         (["train", "stepz=3"], "stepz"),  # no such field
         (["demo", "model=no-such-model"], "model: expected a directory or a shipped model name"),
-        (["collect", "env=NoSuchEnv-v0", "episodes=1", f"out={tmp_path / 'd'}"], "env_id"),
+        (["collect", "env=NoSuchEnv-v0", "episodes=1", f"out={tmp_path / 'd'}"], "env: expected"),
     ]
     for argv, named in cases:
         assert main(argv) == 2, argv

@@ -78,9 +78,14 @@ class CollectConfig:
 
 
 def run(cfg: CollectConfig) -> dict:
-    return collect(
-        cfg.env, cfg.episodes, cfg.out, cfg.policy, cfg.frame_size, cfg.crop, cfg.seed, cfg.max_steps
-    )
+    try:
+        return collect(
+            cfg.env, cfg.episodes, cfg.out, cfg.policy, cfg.frame_size, cfg.crop, cfg.seed, cfg.max_steps
+        )
+    except ValueError as err:  # `collect` names its argument env_id; the command's field is env
+        if str(err).startswith("env_id"):
+            raise ValueError(f"env{str(err)[len('env_id'):]}") from err
+        raise
 
 
 def collect(
