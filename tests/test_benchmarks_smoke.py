@@ -77,6 +77,12 @@ def test_likelihood_benchmark_smoke(cartpole_dir):
     assert isinstance(lik["baseline"]["excess_frames_from_1"], float)
     assert abs(lik["excess_reduction_frames_from_1"]) < 1e-6  # the baseline is the model itself
     assert lik["gain_over_baseline_bits_per_frame"] == 0
+    split = lik["excess_frames_from_1_bits_per_frame"]  # the exact per-pixel split adds up
+    dims = 3 * result["frame_size"][0] * result["frame_size"][1]
+    assert split["foreground"] + split["background"] == pytest.approx(
+        lik["excess_frames_from_1"] * dims, abs=0.1 + 5e-5 * dims  # the figures are rounded
+    )
+    assert 0 < split["foreground_dims"] < dims
     info = lik["frame_entropy"]  # over the held-out and the termination episodes' frames
     assert info["frames"] > result["episode_frames"]["total"] and 1 <= info["distinct"] <= info["frames"]
     assert 0 <= info["plug_in_bits"] <= info["chao_shen_bits"] + 1e-9

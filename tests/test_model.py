@@ -103,6 +103,28 @@ def test_log_prob_units_and_noise_floor():
     assert lp.bits_per_dim[0, 0].item() == pytest.approx(expected / (d * math.log(2)), rel=1e-5)
 
 
+def test_per_dim_bits_of_the_identity_flow_are_each_pixels_gaussian_bits():
+    model = wf.WorldFlow.from_preset("tiny")  # identity flow at init: z = x, no log-scales
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (1, 2, 16, 16, 3), generator=gen, dtype=torch.uint8)
+    lp = model.log_prob(frames, per_dim=True)
+    x = frames.permute(0, 1, 4, 2, 3).double() / 127.5 - 1
+    expected = (0.5 * x * x + 0.5 * math.log(2 * math.pi) + math.log(127.5)) / math.log(2)
+    assert lp.dim_bits.shape == (1, 2, 3, 16, 16)
+    torch.testing.assert_close(lp.dim_bits.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_per_dim_bits_add_up_to_each_frames_bits(tiny):
+    gen = torch.Generator().manual_seed(1)
+    frames = torch.randint(0, 256, (2, 3, 16, 16, 3), generator=gen, dtype=torch.uint8)
+    actions = torch.tensor([[0, 1], [1, 1]])
+    whole = tiny.log_prob(frames, actions, noise=True, seed=3)
+    parts = tiny.log_prob(frames, actions, noise=True, seed=3, per_dim=True)
+    assert whole.dim_bits is None
+    torch.testing.assert_close(parts.dim_bits.mean(dim=(2, 3, 4)), whole.bits_per_dim, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.nll, whole.nll, rtol=1e-5, atol=1e-3)
+
+
 def test_generate_shapes_determinism_and_context(tiny):
     actions = torch.randint(0, 2, (2, 5))
     a = tiny.generate(4, actions=actions[:, :3], batch_size=2, seed=3)

@@ -52,3 +52,15 @@ def test_frame_independent_baseline_scores_each_frame_alone(models, episode):
     # A shifted cart is a plausible frame on its own: only a model of the past can flag it
     # (measured: +0.0005 bits/dim here, against +0.33 under the world model).
     assert fake[K] != real[K] and abs(fake[K] - real[K]) < 0.01
+
+
+def test_surprise_map_points_at_the_moved_cart(models, episode):
+    frames, actions, tampered = episode
+    model = models["cartpole"]
+    with torch.no_grad():
+        real = model.log_prob(frames, actions, per_dim=True).dim_bits[0, K]
+        fake = model.log_prob(tampered, actions, per_dim=True).dim_bits[0, K]
+    changed = (frames[0, K] != tampered[0, K]).any(dim=-1)  # (H, W): where the picture moved
+    extra = (fake - real).sum(dim=0)  # (H, W) bits the tampering added at each pixel
+    assert changed.float().mean() < 0.2  # a small region of the frame ...
+    assert extra[changed].sum() > 0.5 * extra.sum() > 0  # ... holds most of the surprise
