@@ -4,9 +4,11 @@
 2. Dream: from the first real frames, roll the world model forward open-loop under
    the same actions (KV cache + video-aware Jacobi + one-step denoiser).
 3. Score: the exact per-frame likelihood of the real frames, and of the same episode
-   with one frame tampered with (the cart shifted): a surprise spike.
+   with one frame tampered with (the cart shifted): a surprise spike, and per pixel
+   (`log_prob(per_dim=True)`) where in the frame the surprise lies.
 
-Writes `dream.mp4` (real | dream), `surprise.png` and prints one JSON line.
+Writes `dream.mp4` (real | dream), `surprise.png` (the per-frame curve over the tampered
+frame, real, and its surprise map) and prints one JSON line.
 """
 
 from __future__ import annotations
@@ -59,11 +61,11 @@ def run(cfg: DemoConfig) -> dict:
         dream = model.generate(
             t - cfg.context, context=real[None, : cfg.context], actions=actions[None, : t - 1], seed=cfg.seed
         )[0]
-        real_lp = model.log_prob(real[None], actions[None], noise=True, seed=cfg.seed)
+        real_lp = model.log_prob(real[None], actions[None], noise=True, seed=cfg.seed, per_dim=True)
         tampered = real.clone()
         k = min(cfg.anomaly_at, t - 1)
         tampered[k] = torch.roll(tampered[k], cfg.anomaly_shift, dims=1)
-        tampered_lp = model.log_prob(tampered[None], actions[None], noise=True, seed=cfg.seed)
+        tampered_lp = model.log_prob(tampered[None], actions[None], noise=True, seed=cfg.seed, per_dim=True)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,11 +87,14 @@ def run(cfg: DemoConfig) -> dict:
             (bpd_tampered[k] - bpd[k]) / max(np.abs(np.diff(bpd[1:])).mean(), 1e-9)
         ),
     }
+    extra = (tampered_lp.dim_bits[0, k] - real_lp.dim_bits[0, k]).sum(0)  # (H, W) bits
+    moved = (tampered[k] != real[k]).any(-1)  # the pixels the shift changed
+    summary["surprise_on_moved_pixels_fraction"] = float(extra[moved].sum() / extra.sum())
     if k + 1 < t:  # the real next frame, where the cart jumps back, under the tampered past
         summary["surprise_next_frame_bits_per_dim"] = float(bpd_tampered[k + 1] - bpd[k + 1])
     if mc.env_id.startswith("CartPole"):
         summary.update(_cartpole_dynamics(real, dream, cfg.context, mc))
-    _plot(out / "surprise.png", bpd, bpd_tampered, floor, k, summary)
+    _plot(out / "surprise.png", bpd, bpd_tampered, floor, k, summary, (tampered[k], real[k], extra))
     summary.update(video=str(out / "dream.mp4"), plot=str(out / "surprise.png"))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary
@@ -107,13 +112,16 @@ def _cartpole_dynamics(real, dream, context, mc) -> dict:
     return {"dream_cart_error_pixels": float(pos_err), "dream_pole_error_degrees": float(ang_err)}
 
 
-def _plot(path: Path, bpd, bpd_tampered, floor, k, summary) -> None:
+def _plot(path: Path, bpd, bpd_tampered, floor, k, summary, pictures) -> None:
+    """The per-frame curves; below, the tampered frame, the real one and the surprise map."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig = plt.figure(figsize=(9, 5.5))
+    grid = fig.add_gridspec(2, 3, height_ratios=(2, 1))
+    ax = fig.add_subplot(grid[0, :])
     frames = np.arange(len(bpd))
     ax.plot(frames, bpd_tampered, color="tab:red", label=f"frame {k} tampered (cart shifted)")
     ax.plot(frames, bpd, color="tab:blue", label="real episode")
@@ -122,6 +130,18 @@ def _plot(path: Path, bpd, bpd_tampered, floor, k, summary) -> None:
     ax.set_ylabel("bits / dim (8-bit)")
     ax.set_title(f"Surprise of real frames under the world model ({summary['env_id']})")
     ax.legend(loc="upper right", fontsize=8)
+    tampered, real, extra = pictures
+    titles = (f"frame {k}, tampered", f"frame {k}, real", "extra bits per pixel")
+    for i, (picture, title) in enumerate(zip(pictures, titles)):
+        sub = fig.add_subplot(grid[1, i])
+        if i < 2:
+            sub.imshow(picture.numpy())
+        else:
+            bound = float(picture.abs().max()) or 1.0
+            shown = sub.imshow(picture.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound)
+            fig.colorbar(shown, ax=sub, fraction=0.03)
+        sub.set_title(title, fontsize=9)
+        sub.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
