@@ -167,6 +167,40 @@ def test_init_loads_chosen_parts_and_freezes_the_rest(data, short_run, tmp_path)
         assert torch.equal(value, after.state_dict()[name]) == (not name.startswith("heads.")), name
 
 
+def test_init_flow_starts_a_video_model_from_a_frame_independent_one(data, short_run, tmp_path):
+    """The flow from a frame-independent model, the rest from `init`: the first frame of
+    every clip scores exactly as under the source, later frames see their past."""
+    image_run = tmp_path / "image"
+    run(config(data, image_run, steps=1, model={"max_frames": 1, "context_frames": 0}))
+    image = randomize(wf.WorldFlow.from_pretrained(image_run / "model"), seed=3).eval()
+    image.save_pretrained(tmp_path / "image_model")
+    _, meta = load_dataset(data)
+    cfg = config(data, "unused", init=str(short_run / "model"), init_flow=str(tmp_path / "image_model"))
+    video = build_model(cfg, meta).eval()
+    assert video.config.max_frames == wf.WorldFlow.from_pretrained(short_run / "model").config.max_frames > 1
+    start, source = wf.WorldFlow.from_pretrained(short_run / "model").state_dict(), image.state_dict()
+    for name, value in video.state_dict().items():
+        if name == "actions.table.weight":  # every action starts as the null embedding
+            torch.testing.assert_close(value, source["actions.null"].expand_as(value), rtol=0, atol=0)
+        else:
+            origin = start if name.split(".")[0] in ("denoiser", "heads") else source
+            assert torch.equal(value, origin[name]), name
+    assert video.info["init"]["flow"] == str(tmp_path / "image_model")
+
+    episode = load_dataset(data)[0][:5]
+    frames, actions = episode["frames"][None], episode["actions"][None]
+    with torch.no_grad():
+        ours = video.log_prob(frames, actions, noise=True, seed=0).bits_per_dim[0]
+        alone = image.log_prob(frames, actions, noise=True, seed=0).bits_per_dim[0]
+    assert ours[0].item() == pytest.approx(alone[0].item(), abs=1e-6)
+    assert (ours[1:] - alone[1:]).abs().min() > 1e-4  # the past now counts
+
+    with pytest.raises(wf.ConfigError, match="init_flow: expected with init="):
+        run(replace(cfg, init=None))
+    with pytest.raises(wf.ConfigError, match="init_flow: .* noise_std=0.05"):
+        build_model(replace(cfg, model={"noise_std": 0.1}), meta)
+
+
 def _validation_rows(out: Path) -> list[dict]:
     with open(Path(out) / "log.csv") as f:
         return [r for r in csv.DictReader(f) if r["val_bits_per_dim"]]

@@ -21,6 +21,10 @@ a `heads_terminal_fraction` of each heads batch is terminal transitions.
 
 A run can start from a trained model (`init=`, e.g. the flow of an earlier run) and train
 only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are one such run.
+`init_flow=` takes the flow from another model of the same shape: a video model can start
+from a frame-independent one (`max_frames=1`), as STARFlow-V starts from an image model.
+Such a model never saw an action, so the action rows start as its null embedding and the
+new model scores each clip's first frame exactly as the frame-independent one did.
 
 Under `torchrun` each rank takes its slice of the global batch and the gradients are
 averaged across ranks (DDP's all-reduce, over gloo on CPU), so N ranks equal one process
@@ -113,6 +117,7 @@ class TrainConfig:
     resume: bool = False  # continue from out/checkpoint (exactly)
     init: str | None = None  # start from a trained model (a shipped name or a model folder)
     init_parts: list[str] = field(default_factory=lambda: list(PARTS))  # loaded from `init`
+    init_flow: str | None = None  # with init: the flow's weights from this model instead
     train_parts: list[str] = field(default_factory=lambda: list(PARTS))  # the rest are frozen
     heads_batch: int = 64  # global (frame, next frame) pairs a step for the task heads
     heads_terminal_fraction: float = 0.5  # of them, drawn from terminal transitions
@@ -174,7 +179,29 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
     model = WorldFlow(dataclasses.replace(config, task_heads=True))
     load_weights(model, tensors, path, keep=lambda key: part_of(key) in cfg.init_parts)
     model.info = {"init": {"model": str(cfg.init), **info}}
+    if cfg.init_flow:
+        model.info["init"]["flow"] = _load_flow(model, cfg.init_flow)
     return model
+
+
+def _load_flow(model: WorldFlow, name: str) -> str:
+    """The flow's weights of the model `name` (same shapes and noise) into `model`. A
+    frame-independent source never conditioned on an action: its action rows become its
+    null embedding, so actions start without effect."""
+    path, config, tensors, _ = read_pretrained(name)
+    if config.noise_std != model.config.noise_std:
+        raise ConfigError(f"init_flow: {name!r} was trained with noise_std={config.noise_std}, "
+                          f"the model has {model.config.noise_std}")
+    load_weights(model, tensors, path, keep=lambda key: part_of(key) == "flow")
+    if model.actions is not None and config.max_frames == 1:
+        table, null = model.actions.table, model.actions.null.detach()
+        with torch.no_grad():
+            if isinstance(table, torch.nn.Embedding):
+                table.weight.copy_(null.expand_as(table.weight))
+            else:  # continuous actions: a * W + b with W = 0, b = null
+                table.weight.zero_()
+                table.bias.copy_(null)
+    return str(name)
 
 
 def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.AdamW]:
@@ -560,6 +587,9 @@ def check_config(cfg: TrainConfig, world: int) -> None:
         if unknown or (name == "train_parts" and not getattr(cfg, name)):
             raise ConfigError(f"{name}: expected a non-empty list of {list(PARTS)}, "
                               f"got {list(getattr(cfg, name))}")
+    if cfg.init_flow and not cfg.init:
+        raise ConfigError(f"init_flow: expected with init= (the model whose config and other "
+                          f"parts the run starts from), got init_flow={cfg.init_flow!r} alone")
     if cfg.heads_batch < 1 or cfg.heads_batch % world:
         raise ConfigError(f"heads_batch: expected a positive multiple of the {world} ranks, "
                           f"got {cfg.heads_batch}")
