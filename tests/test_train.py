@@ -197,6 +197,8 @@ def test_init_flow_starts_a_video_model_from_a_frame_independent_one(data, short
 
     with pytest.raises(wf.ConfigError, match="init_flow: expected with init="):
         run(replace(cfg, init=None))
+    with pytest.raises(wf.CheckpointError, match="init_flow: expected a directory .* got 'nope'"):
+        build_model(replace(cfg, init_flow="nope"), meta)
     with pytest.raises(wf.ConfigError, match="init_flow: .* noise_std=0.05"):
         build_model(replace(cfg, model={"noise_std": 0.1}), meta)
 

@@ -87,8 +87,9 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def resolve(name_or_path: str | Path) -> Path:
-    """A shipped model's name (a folder of worldflow/assets) or a directory."""
+def resolve(name_or_path: str | Path, argument: str = "model") -> Path:
+    """A shipped model's name (a folder of worldflow/assets) or a directory; errors name
+    `argument`, the field the name came from."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -97,7 +98,7 @@ def resolve(name_or_path: str | Path) -> Path:
         return shipped
     names = sorted(p.name for p in ASSETS.iterdir() if p.is_dir()) if ASSETS.is_dir() else []
     raise CheckpointError(
-        f"model: expected a directory or a shipped model name {names}, got {str(name_or_path)!r}"
+        f"{argument}: expected a directory or a shipped model name {names}, got {str(name_or_path)!r}"
     )
 
 
@@ -129,10 +130,12 @@ def verify(path: Path, sums: dict) -> None:
             raise CheckpointError(f"{path / name}: checksum mismatch with config.json: the file is corrupted")
 
 
-def read_pretrained(name_or_path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor], dict]:
+def read_pretrained(
+    name_or_path, argument: str = "model"
+) -> tuple[Path, ModelConfig, dict[str, torch.Tensor], dict]:
     """A saved model's folder, config, weights (checksums verified) and the rest of its
-    config.json (the training record), without building the model."""
-    path = resolve(name_or_path)
+    config.json (the training record), without building the model. Errors name `argument`."""
+    path = resolve(name_or_path, argument)
     meta = read_json(path / CONFIG)
     if "model" not in meta:
         raise CheckpointError(f"{path / CONFIG}: expected a 'model' section, got keys {sorted(meta)}")

@@ -167,7 +167,7 @@ def part_of(name: str) -> str:
 
 def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
     """`cfg.init`'s config with `cfg.model` overrides; weights of `cfg.init_parts` loaded."""
-    path, config, tensors, info = read_pretrained(cfg.init)
+    path, config, tensors, info = read_pretrained(cfg.init, "init")
     config = dataclasses.replace(config, **cfg.model)
     if cfg.noise_std is not None:
         config = dataclasses.replace(config, noise_std=cfg.noise_std)
@@ -188,7 +188,7 @@ def _load_flow(model: WorldFlow, name: str) -> str:
     """The flow's weights of the model `name` (same shapes and noise) into `model`. A
     frame-independent source never conditioned on an action: its action rows become its
     null embedding, so actions start without effect."""
-    path, config, tensors, _ = read_pretrained(name)
+    path, config, tensors, _ = read_pretrained(name, "init_flow")
     if config.noise_std != model.config.noise_std:
         raise ConfigError(f"init_flow: {name!r} was trained with noise_std={config.noise_std}, "
                           f"the model has {model.config.noise_std}")
