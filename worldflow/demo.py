@@ -7,8 +7,8 @@
    with one frame tampered with (the cart shifted): a surprise spike, and per pixel
    (`log_prob(per_dim=True)`) where in the frame the surprise lies.
 
-Writes `dream.mp4` (real | dream), `surprise.png` (the per-frame curve over the tampered
-frame, real, and its surprise map) and prints one JSON line.
+Writes `dream.mp4` (real | dream), `surprise.png` (the per-frame curves; below them the
+tampered frame, the real one and the tampered frame's surprise map) and prints one JSON line.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def run(cfg: DemoConfig) -> dict:
     }
     extra = (tampered_lp.dim_bits[0, k] - real_lp.dim_bits[0, k]).sum(0)  # (H, W) bits
     moved = (tampered[k] != real[k]).any(-1)  # the pixels the shift changed
-    summary["surprise_on_moved_pixels_fraction"] = float(extra[moved].sum() / extra.sum())
+    total = float(extra.sum())  # a share only means something when the tampering cost bits
+    summary["surprise_on_moved_pixels_fraction"] = float(extra[moved].sum()) / total if total > 0 else None
     if k + 1 < t:  # the real next frame, where the cart jumps back, under the tampered past
         summary["surprise_next_frame_bits_per_dim"] = float(bpd_tampered[k + 1] - bpd[k + 1])
     if mc.env_id.startswith("CartPole"):
