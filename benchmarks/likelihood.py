@@ -22,8 +22,10 @@ the `mixed` policy (long balanced runs and short failing ones, so terminations o
    drawing as sharply as the baseline could get from knowing the state.
    Where the excess lies: `log_prob(per_dim=True)` splits each frame's bits exactly over
    its pixels; the excess of frames >= 1 is reported in bits a frame over the foreground
-   (pixels off the background, as in 5) and over the background. Constant background
-   pixels cost an ideal model nothing; the foreground is where the past can help.
+   (pixels off the background, as in 5) and over the background, and the same with each
+   frame scored alone, as a one-frame video under the same noise: what the past buys.
+   Constant background pixels cost an ideal model nothing; the foreground is where the
+   past can help.
 2. Reader check: `read_cartpole_state` on the real frames against the true state
    (position in model pixels via `cartpole_pixels_per_unit`, angle in degrees).
 3. Dynamics: from `context` real frames and the real actions, `horizons` frames are
@@ -128,19 +130,23 @@ def _abs_errors(frames: torch.Tensor, x_true: torch.Tensor, theta_true: torch.Te
 def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, background, threshold) -> dict:
     """bits/dim (noise=True) pooled over all frames and over frames >= 1; the excess of
     frames >= 1 split between foreground and background pixels (`LogProb.dim_bits`)."""
-    bits, fg_bits, bg_bits, fg_dims = [], [], [], []
+    bits, fg_dims = [], []
+    split = {"foreground": [], "background": [], "foreground_without_past": [], "background_without_past": []}
     use_actions = model.config.has_actions
     floor = noise_floor_bits(model.config.noise_std)
     for i, ep in enumerate(tqdm(episodes, desc=desc, unit="ep")):
         actions = ep["actions"][None] if use_actions else None
         with torch.no_grad():
             lp = model.log_prob(ep["frames"][None], actions, noise=True, seed=seed + i, per_dim=True)
+            # each frame as a one-frame video, under the same noise (same draws, same order)
+            alone = model.log_prob(ep["frames"][:, None], None, noise=True, seed=seed + i, per_dim=True)
         bits.append(lp.bits_per_dim[0])
-        excess = (lp.dim_bits[0, 1:] - floor).double()  # (T - 1, C, H, W)
-        fg = foreground(ep["frames"][1:], background, threshold)[:, None].expand_as(excess)
-        fg_bits.append((excess * fg).sum(dim=(1, 2, 3)))
-        bg_bits.append((excess * ~fg).sum(dim=(1, 2, 3)))
+        fg = foreground(ep["frames"][1:], background, threshold)[:, None].expand(-1, 3, -1, -1)
         fg_dims.append(fg.sum(dim=(1, 2, 3)).double())
+        for suffix, dim_bits in (("", lp.dim_bits[0, 1:]), ("_without_past", alone.dim_bits[1:, 0])):
+            excess = (dim_bits - floor).double()  # (T - 1, C, H, W)
+            split["foreground" + suffix].append((excess * fg).sum(dim=(1, 2, 3)))
+            split["background" + suffix].append((excess * ~fg).sum(dim=(1, 2, 3)))
     all_frames = torch.cat(bits).double().mean().item()
     later = torch.cat([b[1:] for b in bits]).double().mean().item()
     first = torch.stack([b[0] for b in bits]).double().mean().item()
@@ -152,8 +158,7 @@ def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, backgr
         "excess_all_frames": all_frames - floor,
         "excess_frames_from_1": later - floor,
         "excess_frames_from_1_bits_per_frame": {
-            "foreground": _num(torch.cat(fg_bits).mean().item(), 1),
-            "background": _num(torch.cat(bg_bits).mean().item(), 1),
+            **{key: _num(torch.cat(parts).mean().item(), 1) for key, parts in split.items()},
             "foreground_dims": _num(torch.cat(fg_dims).mean().item(), 1),
         },
         "frames": int(sum(b.numel() for b in bits)),

@@ -195,6 +195,12 @@ def test_window_of_one_frame_makes_frames_independent():
     assert (nll - alone).abs().max().item() <= 1e-4  # neither other frames nor actions matter
     z, _ = model.encode(x)
     assert (model.decode(z, sampler=TIGHT) - x).abs().max().item() <= 1e-4
+    # a video and its frames as a batch of one-frame videos draw the same seeded noise
+    gen = torch.Generator().manual_seed(5)
+    frames = torch.randint(0, 256, (1, 3, 16, 16, 3), generator=gen, dtype=torch.uint8)
+    whole = model.log_prob(frames, noise=True, seed=9, per_dim=True)
+    each = model.log_prob(frames.transpose(0, 1), noise=True, seed=9, per_dim=True)
+    torch.testing.assert_close(each.dim_bits.transpose(0, 1), whole.dim_bits, rtol=0, atol=1e-4)
 
 
 def test_corrupted_pretrained_weights_raise(tiny, tmp_path):
