@@ -95,7 +95,7 @@ def run(cfg: DemoConfig) -> dict:
         summary["surprise_next_frame_bits_per_dim"] = float(bpd_tampered[k + 1] - bpd[k + 1])
     if mc.env_id.startswith("CartPole"):
         summary.update(_cartpole_dynamics(real, dream, cfg.context, mc))
-    _plot(out / "surprise.png", bpd, bpd_tampered, floor, k, summary, (tampered[k], real[k], extra))
+    _plot(out / "surprise.png", bpd, bpd_tampered, floor, k, summary, (tampered[k], real[k]), extra)
     summary.update(video=str(out / "dream.mp4"), plot=str(out / "surprise.png"))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary
@@ -113,7 +113,7 @@ def _cartpole_dynamics(real, dream, context, mc) -> dict:
     return {"dream_cart_error_pixels": float(pos_err), "dream_pole_error_degrees": float(ang_err)}
 
 
-def _plot(path: Path, bpd, bpd_tampered, floor, k, summary, pictures) -> None:
+def _plot(path: Path, bpd, bpd_tampered, floor, k, summary, frames_k, extra) -> None:
     """The per-frame curves; below, the tampered frame, the real one and the surprise map."""
     import matplotlib
 
@@ -131,17 +131,15 @@ def _plot(path: Path, bpd, bpd_tampered, floor, k, summary, pictures) -> None:
     ax.set_ylabel("bits / dim (8-bit)")
     ax.set_title(f"Surprise of real frames under the world model ({summary['env_id']})")
     ax.legend(loc="upper right", fontsize=8)
-    tampered, real, extra = pictures
-    titles = (f"frame {k}, tampered", f"frame {k}, real", "extra bits per pixel")
-    for i, (picture, title) in enumerate(zip(pictures, titles)):
-        sub = fig.add_subplot(grid[1, i])
-        if i < 2:
-            sub.imshow(picture.numpy())
-        else:
-            bound = float(picture.abs().max()) or 1.0
-            shown = sub.imshow(picture.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound)
-            fig.colorbar(shown, ax=sub, fraction=0.03)
-        sub.set_title(title, fontsize=9)
+    subs = [fig.add_subplot(grid[1, i]) for i in range(3)]
+    for sub, frame, title in zip(subs, frames_k, ("tampered", "real")):
+        sub.imshow(frame.numpy())
+        sub.set_title(f"frame {k}, {title}", fontsize=9)
+    bound = float(extra.abs().max()) or 1.0
+    shown = subs[2].imshow(extra.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound)
+    fig.colorbar(shown, ax=subs[2], fraction=0.03)
+    subs[2].set_title("extra bits per pixel", fontsize=9)
+    for sub in subs:
         sub.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

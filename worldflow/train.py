@@ -180,11 +180,12 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
     load_weights(model, tensors, path, keep=lambda key: part_of(key) in cfg.init_parts)
     model.info = {"init": {"model": str(cfg.init), **info}}
     if cfg.init_flow:
-        model.info["init"]["flow"] = _load_flow(model, cfg.init_flow)
+        _load_flow(model, cfg.init_flow)
+        model.info["init"]["flow"] = str(cfg.init_flow)
     return model
 
 
-def _load_flow(model: WorldFlow, name: str) -> str:
+def _load_flow(model: WorldFlow, name: str) -> None:
     """The flow's weights of the model `name` (same shapes and noise) into `model`. A
     frame-independent source never conditioned on an action: its action rows become its
     null embedding, so actions start without effect."""
@@ -194,14 +195,7 @@ def _load_flow(model: WorldFlow, name: str) -> str:
                           f"the model has {model.config.noise_std}")
     load_weights(model, tensors, path, keep=lambda key: part_of(key) == "flow")
     if model.actions is not None and config.max_frames == 1:
-        table, null = model.actions.table, model.actions.null.detach()
-        with torch.no_grad():
-            if isinstance(table, torch.nn.Embedding):
-                table.weight.copy_(null.expand_as(table.weight))
-            else:  # continuous actions: a * W + b with W = 0, b = null
-                table.weight.zero_()
-                table.bias.copy_(null)
-    return str(name)
+        model.actions.start_as_null()
 
 
 def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.AdamW]:
