@@ -141,7 +141,7 @@ def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, backgr
             # each frame as a one-frame video, under the same noise (same draws, same order)
             alone = model.log_prob(ep["frames"][:, None], None, noise=True, seed=seed + i, per_dim=True)
         bits.append(lp.bits_per_dim[0])
-        fg = foreground(ep["frames"][1:], background, threshold)[:, None].expand(-1, 3, -1, -1)
+        fg = foreground(ep["frames"][1:], background, threshold)[:, None].expand_as(lp.dim_bits[0, 1:])
         fg_dims.append(fg.sum(dim=(1, 2, 3)).double())
         for suffix, dim_bits in (("", lp.dim_bits[0, 1:]), ("_without_past", alone.dim_bits[1:, 0])):
             excess = (dim_bits - floor).double()  # (T - 1, C, H, W)

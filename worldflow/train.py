@@ -22,9 +22,8 @@ a `heads_terminal_fraction` of each heads batch is terminal transitions.
 A run can start from a trained model (`init=`, e.g. the flow of an earlier run) and train
 only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are one such run.
 Its optimizers start afresh, and their warmup to the peak first moves the model off what it
-knew; continuing a trained CartPole flow, a 3e-4 peak raised the validation excess 2.6x by
-step 250, a 1e-4 peak 1.2x, and over the whole run the 1e-4 one cut it by 9% against 6%
-(the frame-independent baseline: 7% against 4%): continuations want a lower `lr`.
+knew, so a continuation wants a lower `lr` than a first run (the README has CartPole's
+figures).
 `init_flow=` takes the flow from another model of the same shape: a video model can start
 from a frame-independent one (`max_frames=1`), as STARFlow-V starts from an image model.
 Such a model never saw an action, so the action rows start as its null embedding and the
