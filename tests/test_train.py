@@ -247,9 +247,11 @@ def test_twenty_steps_lower_the_validation_loss(data, tmp_path):
     assert any((out / "tb").iterdir())
 
 
-def test_resume_continues_exactly(data, tmp_path):
-    """6 steps straight == 3 steps, resume, 3 steps: every tensor bit-identical."""
-    straight = config(data, tmp_path / "straight", lr_decay_steps=6)
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_continues_exactly(data, tmp_path, ema_decay):
+    """6 steps straight == 3 steps, resume, 3 steps: every tensor bit-identical (with a
+    weight average, it too, and the model/ it writes)."""
+    straight = config(data, tmp_path / "straight", lr_decay_steps=6, ema_decay=ema_decay)
     run(straight)
     split = replace(straight, out=str(tmp_path / "split"))
     run(replace(split, steps=3))
@@ -258,10 +260,54 @@ def test_resume_continues_exactly(data, tmp_path):
     assert summary["steps_this_run"] == 3
     (_, a), (_, b) = load_checkpoint(tmp_path / "straight/checkpoint"), load_checkpoint(
         tmp_path / "split/checkpoint")
-    for part in ("model", "optimizer"):
+    parts = ("model", "optimizer") + (("ema",) if ema_decay else ())
+    assert set(a) == set(b) == {"rng", *parts}
+    for part in parts:
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
+    saved = [wf.WorldFlow.from_pretrained(tmp_path / name / "model").state_dict()
+             for name in ("straight", "split")]
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
+
+
+def test_weight_average_follows_its_recursion(data, tmp_path):
+    """model/ of an `ema_decay=d` run is e1 = w1, e_t = d e_(t-1) + (1 - d) w_t over the
+    raw weights w_t of runs stopped after t steps (training is deterministic); validation
+    scores it, not the last weights."""
+    base = config(data, tmp_path / "raw", steps=3, lr_decay_steps=3, lr=2e-3)
+    raw = []
+    for t in (1, 2, 3):
+        run(replace(base, steps=t, out=str(tmp_path / f"raw{t}")))
+        raw.append(weights(tmp_path / f"raw{t}"))
+    d = 0.6
+    summary = run(replace(base, out=str(tmp_path / "ema"), ema_decay=d))
+    expected = {k: v for k, v in raw[0].items() if v.is_floating_point()}
+    for w in raw[1:]:
+        expected = {k: d * expected[k] + (1 - d) * w[k] for k in expected}
+    averaged = wf.WorldFlow.from_pretrained(tmp_path / "ema" / "model")
+    got = averaged.state_dict()
+    last = weights(tmp_path / "ema")  # the raw weights train as without an average
+    assert all(torch.equal(last[k], raw[2][k]) for k in raw[2])
+    trained = [k for k in expected if not torch.equal(raw[0][k], raw[2][k])]
+    assert trained and all(not torch.allclose(got[k], raw[2][k]) for k in trained)
+    for k in expected:
+        assert torch.allclose(got[k], expected[k], rtol=0, atol=1e-6), k
+    plain = run(replace(base, out=str(tmp_path / "plain")))
+    assert summary["val_bits_per_dim"] != plain["val_bits_per_dim"]
+
+
+def test_weight_average_settings_are_checked(short_run, data, tmp_path):
+    import shutil
+
+    for bad in (1.0, -0.1):
+        with pytest.raises(wf.ConfigError, match=rf"ema_decay: expected a number in \[0, 1\).*{bad}"):
+            run(config(data, tmp_path / "bad", ema_decay=bad))
+    shutil.copytree(short_run, tmp_path / "run")
+    with pytest.raises(wf.CheckpointError, match="written with ema_decay=None; expected the same"):
+        run(config(data, tmp_path / "run", steps=3, resume=True, ema_decay=0.9))
+    summary = run(config(data, tmp_path / "run", steps=3, resume=True))  # nothing was lost
+    assert summary["steps_this_run"] == 1
 
 
 CRASH_SCRIPT = """

@@ -19,6 +19,11 @@ seeded by (seed, step), so resuming needs no sampler state and is exact. The hea
 their pairs from a stream of their own: terminations are rare (one per failed episode), so
 a `heads_terminal_fraction` of each heads batch is terminal transitions.
 
+`ema_decay=` keeps an exponential moving average of the weights beside them
+(`torch.optim.swa_utils.AveragedModel`): ema = w after the first step, then
+ema = decay * ema + (1 - decay) * w after each. Validation scores the average and `model/`
+holds it; the checkpoint keeps both, so resuming stays exact.
+
 A run can start from a trained model (`init=`, e.g. the flow of an earlier run) and train
 only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are one such run.
 Its optimizers start afresh, and their warmup to the peak first moves the model off what it
@@ -67,6 +72,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .checkpoint import (
@@ -109,6 +115,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine floor, as a fraction of the peak
     weight_decay: float = 1e-4  # on matrices only
     grad_clip: float = 1.0  # max gradient norm, per optimizer
+    ema_decay: float | None = None  # average the weights, ema = decay * ema + (1 - decay) * w
+    # after each step; validation and model/ then use the average (None: the last weights)
     noise_std: float | None = None  # training noise sigma, model units; None: the preset's
     val_every: int = 250
     val_batches: int = 4
@@ -421,8 +429,10 @@ def gather_state(model: torch.nn.Module, optimizers: dict) -> tuple[dict, dict]:
 
 
 def save_checkpoint(folder: str | Path, step: int, weights: dict[str, Tensor],
-                    optimizer_states: dict[str, dict], schedulers: dict, record: dict) -> Path:
-    """Commit a checkpoint of `step` under `folder`; returns its directory.
+                    optimizer_states: dict[str, dict], schedulers: dict, record: dict,
+                    average: dict[str, Tensor] | None = None) -> Path:
+    """Commit a checkpoint of `step` under `folder`; returns its directory. `average`: the
+    weight average's state (`ema.safetensors`), if the run keeps one.
 
     Files go to `step_XXXXXXXX/` first (each atomically), then `latest.json` names them
     with their SHA-256; older step folders are removed after that. A crash at any point
@@ -443,6 +453,8 @@ def save_checkpoint(folder: str | Path, step: int, weights: dict[str, Tensor],
     write_tensors(target / "model.safetensors", weights)
     write_tensors(target / "optimizer.safetensors", tensors)
     write_tensors(target / "rng.safetensors", {"torch": torch.get_rng_state()})
+    if average is not None:
+        write_tensors(target / "ema.safetensors", average)
     write_json(target / "trainer.json", state)
     hashes = {f.name: sha256(f) for f in sorted(target.iterdir())}
     write_json(latest, {"step": step, "folder": target.name, "sha256": hashes})
@@ -593,14 +605,25 @@ def check_config(cfg: TrainConfig, world: int) -> None:
     if not 0.0 <= cfg.heads_terminal_fraction <= 1.0:
         raise ConfigError(f"heads_terminal_fraction: expected a number in [0, 1], "
                           f"got {cfg.heads_terminal_fraction}")
+    if cfg.ema_decay is not None and not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"ema_decay: expected a number in [0, 1) or null, got {cfg.ema_decay}")
+    if cfg.ema_decay is not None and cfg.fsdp:
+        raise ConfigError(f"ema_decay: expected null with fsdp=true (the average is not "
+                          f"sharded), got {cfg.ema_decay}")
     if cfg.fsdp and world == 1:
         raise ConfigError("fsdp: expected a torchrun launch with WORLD_SIZE > 1, got one process")
 
 
-def restore(folder: Path, model: torch.nn.Module, optimizers: dict, schedulers: dict) -> int:
+def restore(folder: Path, model: torch.nn.Module, optimizers: dict, schedulers: dict,
+            average: AveragedModel | None) -> int:
     """Load the committed checkpoint into a (possibly sharded) model, its optimizers, its
-    schedulers and the torch RNG; returns the step it was taken at."""
+    schedulers, its weight average and the torch RNG; returns the step it was taken at."""
     state, tensors = load_checkpoint(folder)
+    if ("ema" in tensors) != (average is not None):
+        saved = state["train_config"].get("ema_decay")
+        raise CheckpointError(f"resume: {folder} was written with ema_decay={saved}; expected "
+                              f"the same setting, got a run "
+                              f"{'without' if average is None else 'with'} a weight average")
     expected = json.loads(json.dumps(model.config.to_dict()))  # tuples -> lists, as saved
     if state["model_config"] != expected:
         raise CheckpointError(f"resume: {folder} holds a model with config "
@@ -611,6 +634,8 @@ def restore(folder: Path, model: torch.nn.Module, optimizers: dict, schedulers: 
         saved = unflatten_optimizer(name, tensors["optimizer"], state["optimizers"][name])
         set_optimizer_state_dict(model, optimizer, saved, options=options)
         schedulers[name].load_state_dict(state["schedulers"][name])
+    if average is not None:
+        average.load_state_dict(tensors["ema"])
     torch.set_rng_state(tensors["rng"]["torch"])
     return state["step"]
 
@@ -643,11 +668,13 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         _shard(model, world)
     optimizers = make_optimizers(model, cfg)
     schedulers = make_schedulers(optimizers, cfg)
+    average = None if cfg.ema_decay is None else AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
     groups = {k: [p for g in o.param_groups for p in g["params"]] for k, o in optimizers.items()}
     resuming = cfg.resume and (folder / "latest.json").is_file()
     if cfg.resume and not resuming and rank == 0:
         warnings.warn(f"resume: no checkpoint at {folder}; starting from step 0", stacklevel=2)
-    step = start = restore(folder, model, optimizers, schedulers) if resuming else 0
+    step = start = restore(folder, model, optimizers, schedulers, average) if resuming else 0
     sigma = model.config.noise_std
     record = {"model_config": model.config.to_dict(), "train_config": dataclasses.asdict(cfg),
               "world_size": world}
@@ -657,13 +684,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
 
     def checkpoint() -> tuple[dict, dict]:
         weights, optimizer_states = gather_state(model, optimizers)  # a collective
+        averaged = None if average is None else average.state_dict()
         if rank == 0:
-            save_checkpoint(folder, step, weights, optimizer_states, schedulers, record)
+            save_checkpoint(folder, step, weights, optimizer_states, schedulers, record, averaged)
         return weights, optimizer_states
 
     def validate() -> dict:
-        model.eval()
-        figures = evaluate(model, val_clips, cfg.batch_size, cfg.val_batches, cfg.split_seed,
+        scored = model if average is None else average.module
+        scored.eval()
+        figures = evaluate(scored, val_clips, cfg.batch_size, cfg.val_batches, cfg.split_seed,
                            tensordict, val_pairs, rank, world)
         if cfg.fsdp:  # FSDP2 keeps the root unsharded after a forward without backward
             model.reshard()
@@ -690,6 +719,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedulers[name].step()
+        if average is not None:
+            average.update_parameters(model)
         step += 1
         seconds.append(time.perf_counter() - tic)
         bar.update(1)
@@ -723,7 +754,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     }
     if rank == 0:
         plain = WorldFlow(model.config)
-        plain.load_state_dict(weights)
+        plain.load_state_dict(weights if average is None else average.module.state_dict())
         plain.start_frames = first_frames(tensordict, train_clips.episodes)
         plain.save_pretrained(out / "model", extra={
             "env_id": model.config.env_id,
