@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import shlex
+import shutil
 import signal
 import socket
 import struct
@@ -275,13 +276,13 @@ def test_weight_average_follows_its_recursion(data, tmp_path):
     """model/ of an `ema_decay=d` run is e1 = w1, e_t = d e_(t-1) + (1 - d) w_t over the
     raw weights w_t of runs stopped after t steps (training is deterministic); validation
     scores it, not the last weights."""
-    base = config(data, tmp_path / "raw", steps=3, lr_decay_steps=3, lr=2e-3)
+    d = 0.6
+    base = config(data, tmp_path / "ema", steps=3, lr_decay_steps=3, lr=2e-3)
     raw = []
     for t in (1, 2, 3):
         run(replace(base, steps=t, out=str(tmp_path / f"raw{t}")))
         raw.append(weights(tmp_path / f"raw{t}"))
-    d = 0.6
-    summary = run(replace(base, out=str(tmp_path / "ema"), ema_decay=d))
+    summary = run(replace(base, ema_decay=d))
     expected = {k: v for k, v in raw[0].items() if v.is_floating_point()}
     for w in raw[1:]:
         expected = {k: d * expected[k] + (1 - d) * w[k] for k in expected}
@@ -298,8 +299,6 @@ def test_weight_average_follows_its_recursion(data, tmp_path):
 
 
 def test_weight_average_settings_are_checked(short_run, data, tmp_path):
-    import shutil
-
     for bad in (1.0, -0.1):
         with pytest.raises(wf.ConfigError, match=rf"ema_decay: expected a number in \[0, 1\).*{bad}"):
             run(config(data, tmp_path / "bad", ema_decay=bad))
@@ -390,8 +389,6 @@ def _truncate(path: Path) -> None:
     ("../latest.json", _truncate, r"latest.json: expected valid JSON"),
 ])
 def test_damaged_checkpoint_raises(short_run, tmp_path, name, damage, message):
-    import shutil
-
     folder = tmp_path / "checkpoint"
     shutil.copytree(short_run / "checkpoint", folder)
     damage(next(folder.glob("step_*")) / name)
@@ -416,8 +413,6 @@ def test_checkpoints_load_without_unpickling(short_run, data, tmp_path, monkeypa
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
-    import shutil
-
     shutil.copytree(short_run, tmp_path / "run")
     summary = run(config(data, tmp_path / "run", steps=3, resume=True))  # the whole resume path
     assert summary["steps_this_run"] == 1

@@ -684,9 +684,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
 
     def checkpoint() -> tuple[dict, dict]:
         weights, optimizer_states = gather_state(model, optimizers)  # a collective
-        averaged = None if average is None else average.state_dict()
         if rank == 0:
-            save_checkpoint(folder, step, weights, optimizer_states, schedulers, record, averaged)
+            save_checkpoint(folder, step, weights, optimizer_states, schedulers, record,
+                            None if average is None else average.state_dict())
         return weights, optimizer_states
 
     def validate() -> dict:
