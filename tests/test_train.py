@@ -168,6 +168,31 @@ def test_init_loads_chosen_parts_and_freezes_the_rest(data, short_run, tmp_path)
         assert torch.equal(value, after.state_dict()[name]) == (not name.startswith("heads.")), name
 
 
+@pytest.mark.parametrize("piece", ["deep", "shallow"])
+def test_one_half_of_the_flow_trains_as_it_would_within_the_whole(data, short_run, tmp_path, piece):
+    """`train_parts=[deep]` (or `[shallow]`): in one step that half moves exactly as in a run
+    that trains the whole flow (Adam is elementwise; clipping is off so the halves' norms do
+    not mix); the other half, the denoiser and the heads stay the init's, bit for bit."""
+    base = config(data, tmp_path / "whole", init=str(short_run / "model"), steps=1, grad_clip=1e9,
+                  train_parts=["flow"])
+    whole = wf.WorldFlow.from_pretrained(run(base)["model"]).state_dict()
+    half = wf.WorldFlow.from_pretrained(
+        run(replace(base, out=str(tmp_path / piece), train_parts=[piece]))["model"]).state_dict()
+    start = wf.WorldFlow.from_pretrained(short_run / "model").state_dict()
+    moved = 0
+    for name, value in half.items():
+        in_piece = name.split(".")[0] not in ("denoiser", "heads") and (
+            name.startswith("shallow_blocks.") == (piece == "shallow"))
+        if in_piece:
+            torch.testing.assert_close(value, whole[name], rtol=1e-5, atol=1e-7, msg=name)
+            moved += not torch.equal(value, start[name])
+        else:
+            assert torch.equal(value, start[name]), name
+    assert moved > 4
+    with pytest.raises(wf.ConfigError, match=r"train_parts: expected .*'deep'.*\['middle'\]"):
+        run(replace(base, train_parts=["middle"]))
+
+
 def test_init_flow_starts_a_video_model_from_a_frame_independent_one(data, short_run, tmp_path):
     """The flow from a frame-independent model, the rest from `init`: the first frame of
     every clip scores exactly as under the source, later frames see their past."""

@@ -25,7 +25,9 @@ ema = decay * ema + (1 - decay) * w after each. Validation scores the average an
 holds it; the checkpoint keeps both, so resuming stays exact.
 
 A run can start from a trained model (`init=`, e.g. the flow of an earlier run) and train
-only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are one such run.
+only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are one such run;
+`train_parts=[deep]` trains the deep block (and its action and text conditioning) on frozen
+per-frame shallow blocks, which then run without building a graph.
 Its optimizers start afresh, and their warmup to the peak first moves the model off what it
 knew, so a continuation wants a lower `lr` than a first run (the README has CartPole's
 figures).
@@ -92,6 +94,7 @@ from .metrics import noise_floor_bits
 from .model import WorldFlow
 
 PARTS = ("flow", "denoiser", "heads")  # one optimizer each
+FLOW_PIECES = ("shallow", "deep")  # train_parts may name the flow's halves; "flow" is both
 BATCH_STREAM, VAL_STREAM, HEADS_STREAM = 0, 1, 2  # independent streams of (seed, step) generators
 
 
@@ -129,7 +132,8 @@ class TrainConfig:
     init: str | None = None  # start from a trained model (a shipped name or a model folder)
     init_parts: list[str] = field(default_factory=lambda: list(PARTS))  # loaded from `init`
     init_flow: str | None = None  # with init: the flow's weights from this model instead
-    train_parts: list[str] = field(default_factory=lambda: list(PARTS))  # the rest are frozen
+    train_parts: list[str] = field(default_factory=lambda: list(PARTS))  # the rest are frozen;
+    # "shallow" or "deep" trains only that half of the flow (the flow's optimizer then holds it)
     heads_batch: int = 64  # global (frame, next frame) pairs a step for the task heads
     heads_terminal_fraction: float = 0.5  # of them, drawn from terminal transitions
     threads: int | None = None  # torch CPU threads; None: torch's default
@@ -176,6 +180,27 @@ def part_of(name: str) -> str:
     return head if head in PARTS else "flow"
 
 
+def piece_of(name: str) -> str:
+    """Which of `trained_pieces`' names a parameter answers to: its part, or for the flow
+    "shallow" (the per-frame blocks) or "deep" (the deep block and its conditioning)."""
+    part = part_of(name)
+    if part != "flow":
+        return part
+    return "shallow" if name.startswith("shallow_blocks.") else "deep"
+
+
+def trained_pieces(train_parts) -> set[str]:
+    """`train_parts` with "flow" spelled out as its two pieces."""
+    pieces = set(train_parts) - {"flow"}
+    return pieces | set(FLOW_PIECES) if "flow" in train_parts else pieces
+
+
+def optimizer_parts(train_parts) -> tuple[str, ...]:
+    """The optimizers `train_parts` needs, in PARTS order."""
+    pieces = trained_pieces(train_parts)
+    return tuple(p for p in PARTS if p in pieces or (p == "flow" and pieces & set(FLOW_PIECES)))
+
+
 def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
     """`cfg.init`'s config with `cfg.model` overrides; weights of `cfg.init_parts` loaded."""
     path, config, tensors, info = read_pretrained(cfg.init, "init")
@@ -211,13 +236,15 @@ def _load_flow(model: WorldFlow, name: str) -> None:
 
 def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.AdamW]:
     """AdamW for each trained part (flow, denoiser, heads); weight decay on matrices only.
-    Parameters of the other parts stop requiring gradients."""
-    params = {part: ([], []) for part in cfg.train_parts}
+    Parameters of the other parts (and of an untrained half of the flow) stop requiring
+    gradients."""
+    params = {part: ([], []) for part in optimizer_parts(cfg.train_parts)}
+    pieces = trained_pieces(cfg.train_parts)
     for name, p in model.named_parameters():
-        part = part_of(name)
-        p.requires_grad_(part in params)
-        if part in params:
-            params[part][p.dim() < 2].append(p)
+        trained = piece_of(name) in pieces
+        p.requires_grad_(trained)
+        if trained:
+            params[part_of(name)][p.dim() < 2].append(p)
     lrs = {"flow": cfg.lr, "denoiser": cfg.denoiser_lr, "heads": cfg.heads_lr}
     return {
         part: torch.optim.AdamW(
@@ -310,9 +337,11 @@ def compute_gradients(model: WorldFlow, batch: dict, sigma: float, pairs: dict,
                       parts: tuple[str, ...] = PARTS) -> dict:
     """Forward once, fill every parameter's .grad; returns the (detached) losses.
 
-    The score target is d(flow loss)/dx times x.numel() * sigma, exactly
-    `denoiser.score_target`, but read from x.grad after the backward that trains the flow
-    instead of a second backward through the flow (a quarter of the step's cost).
+    `parts` are the optimizers that step (`optimizer_parts`). The score target is
+    d(flow loss)/dx times x.numel() * sigma, exactly `denoiser.score_target`, but read from
+    x.grad after the backward that trains the flow instead of a second backward through the
+    flow (a quarter of the step's cost). Without the denoiser no input gradient is taken,
+    so a frozen half of the flow is run without building a graph.
     """
     if "flow" not in parts and "denoiser" not in parts:  # heads alone: no flow pass needed
         reward, termination = heads_losses(model, pairs)
@@ -320,18 +349,18 @@ def compute_gradients(model: WorldFlow, batch: dict, sigma: float, pairs: dict,
         return {"reward_loss": reward.detach(), "termination_loss": termination.detach()}
     device = model.device
     x_clean = frames_to_model(batch["frames"].to(device))
-    x = (x_clean + sigma * batch["noise"].to(device)).requires_grad_(True)
+    x = (x_clean + sigma * batch["noise"].to(device)).requires_grad_("denoiser" in parts)
     z, logdets, _ = model.flow_forward(x, batch["actions"].to(device))
     flow = model.reference_loss(z, logdets)
     flow.backward()  # a frozen flow: only x.grad
-    target = model.codec.to_tokens(x.grad * x.numel() * sigma)
-    denoiser = F.mse_loss(model.denoiser_tokens(x.detach()), target)
-    reward, termination = heads_losses(model, pairs)
-    rest = denoiser + reward + termination
+    losses = {"flow_loss": flow}
+    if "denoiser" in parts:
+        target = model.codec.to_tokens(x.grad * x.numel() * sigma)
+        losses["denoiser_loss"] = F.mse_loss(model.denoiser_tokens(x.detach()), target)
+    losses["reward_loss"], losses["termination_loss"] = heads_losses(model, pairs)
+    rest = sum(v for k, v in losses.items() if k != "flow_loss")
     if rest.requires_grad:  # some of the denoiser and heads train
         rest.backward()
-    losses = {"flow_loss": flow, "denoiser_loss": denoiser, "reward_loss": reward,
-              "termination_loss": termination}
     return {k: v.detach() for k, v in losses.items()}
 
 
@@ -591,10 +620,10 @@ def check_config(cfg: TrainConfig, world: int) -> None:
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size: expected a multiple of the {world} ranks, "
                           f"got {cfg.batch_size}")
-    for name in ("train_parts", "init_parts"):
-        unknown = [p for p in getattr(cfg, name) if p not in PARTS]
+    for name, known in (("train_parts", PARTS + FLOW_PIECES), ("init_parts", PARTS)):
+        unknown = [p for p in getattr(cfg, name) if p not in known]
         if unknown or (name == "train_parts" and not getattr(cfg, name)):
-            raise ConfigError(f"{name}: expected a non-empty list of {list(PARTS)}, "
+            raise ConfigError(f"{name}: expected a non-empty list of {list(known)}, "
                               f"got {list(getattr(cfg, name))}")
     if cfg.init_flow and not cfg.init:
         raise ConfigError(f"init_flow: expected with init= (the model whose config and other "
@@ -711,7 +740,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
                              step_generator(cfg.seed, step, BATCH_STREAM), rank, world)
         pairs = sample_pairs(tensordict, train_pairs, cfg.heads_batch, cfg.heads_terminal_fraction,
                              step_generator(cfg.seed, step, HEADS_STREAM), rank, world)
-        losses = compute_gradients(model, batch, sigma, pairs, tuple(cfg.train_parts))
+        losses = compute_gradients(model, batch, sigma, pairs, tuple(optimizers))
         if world > 1 and not cfg.fsdp:
             average_gradients([p for params in groups.values() for p in params])
         for name, optimizer in optimizers.items():
