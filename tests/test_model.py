@@ -12,6 +12,18 @@ from worldflow.config import SamplerConfig
 TIGHT = SamplerConfig("jacobi", threshold=1e-12)
 
 
+@pytest.fixture(params=[False, True], ids=["", "past_gate"])
+def tiny(request):
+    """The randomized `tiny` world model, and the same with gated attention to the past
+    (gates opened to tanh(1) = 0.76): every contract below holds for both."""
+    model = build(num_actions=2, past_gate=request.param)
+    if request.param:
+        with torch.no_grad():
+            for layer in model.deep_block.transformer.layers:
+                layer.attn.gate.fill_(1.0)
+    return model
+
+
 def video(batch=2, frames=4, scale=1.0, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return scale * torch.randn(batch, frames, 3, 16, 16, generator=gen).clamp(-3, 3)
@@ -201,6 +213,44 @@ def test_window_of_one_frame_makes_frames_independent():
     whole = model.log_prob(frames, noise=True, seed=9, per_dim=True)
     each = model.log_prob(frames.transpose(0, 1), noise=True, seed=9, per_dim=True)
     torch.testing.assert_close(each.dim_bits.transpose(0, 1), whole.dim_bits, rtol=0, atol=1e-4)
+
+
+def test_closed_past_gates_score_each_frame_alone():
+    """`past_gate=True` with the gates closed: a frame-independent model's weights (and its
+    actions without effect) score every frame exactly as that model does, and earlier
+    frames change nothing; opened, the past counts."""
+    image = build(seed=6, num_actions=2, max_frames=1, context_frames=0)
+    video_model = wf.WorldFlow.from_preset("tiny", num_actions=2, past_gate=True).eval()
+    missing = video_model.load_state_dict(image.state_dict(), strict=False).missing_keys
+    assert missing and all(key.endswith(".attn.gate") for key in missing)
+    with torch.no_grad():
+        video_model.actions.start_as_null()
+    x, actions = video(frames=5), torch.randint(0, 2, (2, 5))
+    nll = video_model.frame_nll(x, actions)
+    torch.testing.assert_close(nll, image.frame_nll(x, actions), rtol=1e-6, atol=0)
+    changed = x.clone()
+    changed[:, :2] = video(frames=2, seed=1)
+    assert torch.equal(video_model.frame_nll(changed, actions)[:, 2:], nll[:, 2:])
+    with torch.no_grad():
+        for layer in video_model.deep_block.transformer.layers:
+            layer.attn.gate.fill_(1.0)
+    assert (video_model.frame_nll(changed, actions)[:, 2:] - nll[:, 2:]).abs().min() > 1e-3
+
+
+def test_gated_text_model_inverts_and_caches():
+    """The text prefix belongs to no frame: a gated text model still inverts, and its
+    frame-by-frame cached scores equal the full pass."""
+    model = build(seed=3, text_dim=32, text_len=8, past_gate=True)
+    with torch.no_grad():
+        for layer in model.deep_block.transformer.layers:
+            layer.attn.gate.fill_(1.0)
+    x = video(frames=3)
+    z, _ = model.encode(x, prompt="a cart")
+    assert (model.decode(z, prompt="a cart", sampler=TIGHT) - x).abs().max().item() <= 1e-4
+    state = model.start(2, prompt="a cart")
+    cached = torch.cat([model.push_context(state, x[:, t : t + 1])[1] for t in range(3)], dim=1)
+    full = model.frame_nll(x, text=model.encode_prompt("a cart", 2))
+    assert (cached - full).abs().max().item() <= 1e-5 * full.abs().max().item()
 
 
 def test_corrupted_pretrained_weights_raise(tiny, tmp_path):

@@ -229,6 +229,27 @@ def test_init_flow_starts_a_video_model_from_a_frame_independent_one(data, short
         build_model(replace(cfg, model={"noise_std": 0.1}), meta)
 
 
+def test_init_flow_into_a_gated_video_model_starts_exactly_at_the_source(data, short_run, tmp_path):
+    """`+model.past_gate=true` from sources without gates: the gates start closed, so every
+    frame, not only the first, scores exactly as under the frame-independent source."""
+    image_run = tmp_path / "image"
+    run(config(data, image_run, steps=1, model={"max_frames": 1, "context_frames": 0}))
+    image = randomize(wf.WorldFlow.from_pretrained(image_run / "model"), seed=3).eval()
+    image.save_pretrained(tmp_path / "image_model")
+    _, meta = load_dataset(data)
+    cfg = config(data, "unused", init=str(short_run / "model"), init_flow=str(tmp_path / "image_model"),
+                 model={"past_gate": True})
+    video = build_model(cfg, meta).eval()
+    gates = [layer.attn.gate for layer in video.deep_block.transformer.layers]
+    assert gates and all(torch.equal(g, torch.zeros_like(g)) for g in gates)
+    episode = load_dataset(data)[0][:6]
+    frames, actions = episode["frames"][None], episode["actions"][None]
+    with torch.no_grad():
+        ours = video.log_prob(frames, actions, noise=True, seed=0).bits_per_dim[0]
+        alone = image.log_prob(frames, actions, noise=True, seed=0).bits_per_dim[0]
+    torch.testing.assert_close(ours, alone, rtol=0, atol=1e-6)
+
+
 def _validation_rows(out: Path) -> list[dict]:
     with open(Path(out) / "log.csv") as f:
         return [r for r in csv.DictReader(f) if r["val_bits_per_dim"]]

@@ -43,6 +43,11 @@ class FlowBlock(nn.Module):
     per-slot embedding (the actions of the deep block). Neither enters the affine map
     itself, only the network that produces its scale and shift, so the block stays
     exactly invertible.
+
+    `frame_tokens` (a deep block with gated attention to the past, `ModelConfig.past_gate`):
+    the sequence is frames of that many tokens, each frame's first slot reads the start
+    token instead of the previous frame's last token, and earlier frames are reached only
+    through the gated attention — with the gates closed, each frame is scored alone.
     """
 
     def __init__(
@@ -53,13 +58,16 @@ class FlowBlock(nn.Module):
         head_dim: int,
         text_dim: int = 0,
         soft_clip: float = 4.0,
+        frame_tokens: int | None = None,
+        text_len: int = 0,
     ):
         super().__init__()
         self.soft_clip = soft_clip
+        self.frame_tokens = frame_tokens
         self.sos = nn.Parameter(torch.randn(1, 1, token_dim) * 0.02)
         self.proj_in = nn.Linear(token_dim, width)
         self.proj_txt = nn.Linear(text_dim, width) if text_dim else None
-        self.transformer = Transformer(width, depth, head_dim)
+        self.transformer = Transformer(width, depth, head_dim, frame_tokens, text_len)
         self.proj_out = nn.Linear(width, 2 * token_dim)
         nn.init.zeros_(self.proj_out.weight)  # start as the identity map (TARFlow)
         nn.init.zeros_(self.proj_out.bias)
@@ -84,9 +92,15 @@ class FlowBlock(nn.Module):
         """The network input of the first slot, (batch, 1, c)."""
         return self.sos.expand(batch, 1, -1).to(like.dtype)
 
-    def shifted(self, u: Tensor) -> Tensor:
-        """The network inputs for a whole sequence: [sos, u_0, ..., u_{L-2}]."""
-        return torch.cat([self.start_token(u.shape[0], u), u[:, :-1]], dim=1)
+    def shifted(self, u: Tensor, first: Tensor | None = None) -> Tensor:
+        """The network inputs for a sequence: [first, u_0, ..., u_{L-2}], `first` the start
+        token by default (with `frame_tokens`, the start token begins every frame; u must
+        then begin at a frame boundary)."""
+        sos = self.start_token(u.shape[0], u)
+        inputs = torch.cat([sos if first is None else first, u[:, :-1]], dim=1)
+        if self.frame_tokens is not None:
+            inputs[:, :: self.frame_tokens] = sos
+        return inputs
 
     # ------------------------------------------------------------------ data -> noise
     def forward(

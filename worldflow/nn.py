@@ -141,12 +141,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, width: int, head_dim: int):
+    """Causal multi-head self-attention with rotary positions.
+
+    `gated`: keys of earlier frames are attended to separately (their own softmax) and
+    that output is added through a per-head gate tanh(g), g = 0 at init: with the gates
+    closed each query sees only its own frame (and the text), as a frame-independent model.
+    """
+
+    def __init__(self, width: int, head_dim: int, gated: bool = False):
         super().__init__()
         self.head_dim = head_dim
         self.norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
+        self.gate = nn.Parameter(torch.zeros(width // head_dim)) if gated else None
 
     def forward(
         self,
@@ -156,15 +164,24 @@ class SelfAttention(nn.Module):
         mask: Tensor | None,
         cache: KVCache | None,
         layer: int,
+        past: Tensor | None = None,
     ) -> Tensor:
-        # h: (B, L, width); cos/sin: rows of the new slots
+        # h: (B, L, width); cos/sin: rows of the new slots; past: (L, Lk) keys of earlier frames
         q, k, v = rearrange(
             self.qkv(self.norm(h)), "b l (three n d) -> three b n l d", three=3, d=self.head_dim
         )
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:  # keys are cached after rotation: a slot's angle never changes
             k, v = cache.write(layer, k, v)
-        out = attention(q, k, v, mask, causal=True)
+        if self.gate is None or past is None:
+            out = attention(q, k, v, mask, causal=True)
+        else:
+            lq, lk = q.shape[-2], k.shape[-2]
+            causal = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+            out = attention(q, k, v, causal & ~past, causal=True)
+            seen = past.any(-1, keepdim=True)  # rows of a video's first frame see no past
+            earlier = attention(q, k, v, past | ~seen, causal=True) * seen
+            out = out + torch.tanh(self.gate)[:, None, None].to(out.dtype) * earlier
         return self.proj(rearrange(out, "b n l d -> b l (n d)"))
 
 
@@ -180,26 +197,44 @@ class MLP(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, width: int, head_dim: int):
+    def __init__(self, width: int, head_dim: int, gated: bool = False):
         super().__init__()
-        self.attn = SelfAttention(width, head_dim)
+        self.attn = SelfAttention(width, head_dim, gated)
         self.mlp = MLP(width)
 
-    def forward(self, h, cos, sin, mask, cache, layer):
-        h = h + self.attn(h, cos, sin, mask, cache, layer)
+    def forward(self, h, cos, sin, mask, cache, layer, past=None):
+        h = h + self.attn(h, cos, sin, mask, cache, layer, past)
         return h + self.mlp(h)
+
+
+def earlier_frames(queries: int, keys: int, offset: int, prefix: int, frame_tokens: int, device) -> Tensor:
+    """(queries, keys) bool: which keys lie in an earlier frame than each query.
+
+    Slots are numbered from the start of the sequence: `prefix` text slots, then frames of
+    `frame_tokens` slots; the queries are slots offset .. offset + queries - 1, the keys
+    0 .. keys - 1. Text slots belong to no frame and are never "earlier".
+    """
+    q = torch.arange(offset, offset + queries, device=device)
+    k = torch.arange(keys, device=device)
+    frame_q = torch.div(q - prefix, frame_tokens, rounding_mode="floor")
+    frame_k = torch.div(k - prefix, frame_tokens, rounding_mode="floor")
+    return (frame_k[None] < frame_q[:, None]) & (k >= prefix)[None]
 
 
 class Transformer(nn.Module):
     """A stack of pre-norm layers and a final RMSNorm.
 
     With a `cache`, `h` holds the newest slots only; their keys and values are written
-    after the cached ones and `cache.length` advances by `h.shape[1]`.
+    after the cached ones and `cache.length` advances by `h.shape[1]`. With `frame_tokens`
+    set, every layer's attention to earlier frames is gated (`SelfAttention`); the slots
+    are `prefix` text slots, then frames of `frame_tokens` slots.
     """
 
-    def __init__(self, width: int, depth: int, head_dim: int):
+    def __init__(self, width: int, depth: int, head_dim: int, frame_tokens: int | None = None,
+                 prefix: int = 0):
         super().__init__()
-        self.layers = nn.ModuleList(Layer(width, head_dim) for _ in range(depth))
+        self.frame_tokens, self.prefix = frame_tokens, prefix
+        self.layers = nn.ModuleList(Layer(width, head_dim, frame_tokens is not None) for _ in range(depth))
         self.final_norm = RMSNorm(width)
 
     @property
@@ -214,8 +249,13 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         mask: Tensor | None = None,
     ) -> Tensor:
+        past = None
+        if self.frame_tokens is not None:
+            offset = 0 if cache is None else cache.length
+            past = earlier_frames(h.shape[1], offset + h.shape[1], offset, self.prefix,
+                                  self.frame_tokens, h.device)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, mask, cache, i)
+            h = layer(h, cos, sin, mask, cache, i, past)
         if cache is not None:
             cache.advance(h.shape[1])
         return self.final_norm(h)

@@ -222,8 +222,7 @@ def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None)
     f0, f1 = state.frames_in_window, state.frames_in_window + tokens.shape[1]
     text_len = 0 if state.text is None else state.text.shape[1]
     seq = tokens.flatten(1, 2)
-    first = state.tokens[:, -1, -1:] if f0 else model.deep_block.start_token(seq.shape[0], seq)
-    inputs = torch.cat([first, seq[:, :-1]], dim=1)
+    inputs = model.deep_block.shifted(seq, state.tokens[:, -1, -1:] if f0 else None)
     cos, sin = model.deep_rope(f1, text_len)
     rows = slice(text_len + f0 * n, text_len + f1 * n)
     slot_cond = None if cond is None else cond.repeat_interleave(n, dim=1)
@@ -282,7 +281,8 @@ def next_frame(
     base = text_len + f * n
     slot_cond = None if cond is None else cond[:, None].expand(-1, n, -1)
     v_deep = model.deep_order(v)
-    first = state.tokens[:, -1, -1:] if f else model.deep_block.start_token(v.shape[0], v)
+    gated = model.deep_block.frame_tokens is not None  # every frame starts from the start token
+    first = state.tokens[:, -1, -1:] if f and not gated else model.deep_block.start_token(v.shape[0], v)
     init = affine_guess(state.prev_affine[-1], v_deep, state.tokens[:, -1] if f else v_deep)
 
     def deep_step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:

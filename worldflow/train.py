@@ -213,12 +213,19 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
             raise ConfigError(f"init: {cfg.init!r} has {name}={getattr(config, name)}, the "
                               f"dataset {cfg.data!r} needs {needed[name]}")
     model = WorldFlow(dataclasses.replace(config, task_heads=True))
-    load_weights(model, tensors, path, keep=lambda key: part_of(key) in cfg.init_parts)
+    load_weights(model, tensors, path, keep=_loaded(cfg.init_parts, tensors))
     model.info = {"init": {"model": str(cfg.init), **info}}
     if cfg.init_flow:
         _load_flow(model, cfg.init_flow)
         model.info["init"]["flow"] = str(cfg.init_flow)
     return model
+
+
+def _loaded(parts, tensors: dict):
+    """Which weights to load: those of `parts`, less the past gates of a source without
+    them (`ModelConfig.past_gate`), which then start closed."""
+    gated = any(key.endswith(".attn.gate") for key in tensors)
+    return lambda key: part_of(key) in parts and (gated or not key.endswith(".attn.gate"))
 
 
 def _load_flow(model: WorldFlow, name: str) -> None:
@@ -229,7 +236,7 @@ def _load_flow(model: WorldFlow, name: str) -> None:
     if config.noise_std != model.config.noise_std:
         raise ConfigError(f"init_flow: {name!r} was trained with noise_std={config.noise_std}, "
                           f"the model has {model.config.noise_std}")
-    load_weights(model, tensors, path, keep=lambda key: part_of(key) == "flow")
+    load_weights(model, tensors, path, keep=_loaded(["flow"], tensors))
     if model.actions is not None and config.max_frames == 1:
         model.actions.start_as_null()
 
