@@ -15,12 +15,12 @@ TIGHT = SamplerConfig("jacobi", threshold=1e-12)
 @pytest.fixture(params=[False, True], ids=["", "past_gate"])
 def tiny(request):
     """The randomized `tiny` world model, and the same with gated attention to the past
-    (gates opened to tanh(1) = 0.76): every contract below holds for both."""
+    (gates opened to tanh(GATE_GAIN * 0.02) = 0.76): every contract below holds for both."""
     model = build(num_actions=2, past_gate=request.param)
     if request.param:
         with torch.no_grad():
             for layer in model.deep_block.transformer.layers:
-                layer.attn.gate.fill_(1.0)
+                layer.attn.gate.fill_(0.02)
     return model
 
 
@@ -233,7 +233,7 @@ def test_closed_past_gates_score_each_frame_alone():
     assert torch.equal(video_model.frame_nll(changed, actions)[:, 2:], nll[:, 2:])
     with torch.no_grad():
         for layer in video_model.deep_block.transformer.layers:
-            layer.attn.gate.fill_(1.0)
+            layer.attn.gate.fill_(0.02)
     assert (video_model.frame_nll(changed, actions)[:, 2:] - nll[:, 2:]).abs().min() > 1e-3
 
 
@@ -243,7 +243,7 @@ def test_gated_text_model_inverts_and_caches():
     model = build(seed=3, text_dim=32, text_len=8, past_gate=True)
     with torch.no_grad():
         for layer in model.deep_block.transformer.layers:
-            layer.attn.gate.fill_(1.0)
+            layer.attn.gate.fill_(0.02)
     x = video(frames=3)
     z, _ = model.encode(x, prompt="a cart")
     assert (model.decode(z, prompt="a cart", sampler=TIGHT) - x).abs().max().item() <= 1e-4

@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_func = None
 
 TIME_FREQS = 8  # the last 8 rotary frequencies of a head serve the time axis
+GATE_GAIN = 50.0  # gated attention to the past: tanh(GATE_GAIN * g) (see SelfAttention)
 
 
 # ---------------------------------------------------------------------------- positions
@@ -144,8 +145,11 @@ class SelfAttention(nn.Module):
     """Causal multi-head self-attention with rotary positions.
 
     `gated`: keys of earlier frames are attended to separately (their own softmax) and
-    that output is added through a per-head gate tanh(g), g = 0 at init: with the gates
-    closed each query sees only its own frame (and the text), as a frame-independent model.
+    that output is added through a per-head gate tanh(GATE_GAIN * g), g = 0 at init: with
+    the gates closed each query sees only its own frame (and the text), as a
+    frame-independent model. Under Adam a parameter moves about one learning rate a step,
+    so the gain is the gate's learning-rate multiplier: at 1e-4 a gate can open in a few
+    hundred steps instead of tens of thousands.
     """
 
     def __init__(self, width: int, head_dim: int, gated: bool = False):
@@ -181,7 +185,7 @@ class SelfAttention(nn.Module):
             out = attention(q, k, v, causal & ~past, causal=True)
             seen = past.any(-1, keepdim=True)  # rows of a video's first frame see no past
             earlier = attention(q, k, v, past | ~seen, causal=True) * seen
-            out = out + torch.tanh(self.gate)[:, None, None].to(out.dtype) * earlier
+            out = out + torch.tanh(GATE_GAIN * self.gate)[:, None, None].to(out.dtype) * earlier
         return self.proj(rearrange(out, "b n l d -> b l (n d)"))
 
 
