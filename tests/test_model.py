@@ -12,16 +12,11 @@ from worldflow.config import SamplerConfig
 TIGHT = SamplerConfig("jacobi", threshold=1e-12)
 
 
-@pytest.fixture(params=[False, True], ids=["", "past_gate"])
+@pytest.fixture(params=[False, True], ids=["", "past_attention"])
 def tiny(request):
-    """The randomized `tiny` world model, and the same with gated attention to the past
-    (gates opened to tanh(GATE_GAIN * 0.02) = 0.76): every contract below holds for both."""
-    model = build(num_actions=2, past_gate=request.param)
-    if request.param:
-        with torch.no_grad():
-            for layer in model.deep_block.transformer.layers:
-                layer.attn.gate.fill_(0.02)
-    return model
+    """The randomized `tiny` world model, and the same with its own attention to the past
+    (randomized like every weight, so the past counts): every contract below holds for both."""
+    return build(num_actions=2, past_attention=request.param)
 
 
 def video(batch=2, frames=4, scale=1.0, seed=0):
@@ -215,14 +210,24 @@ def test_window_of_one_frame_makes_frames_independent():
     torch.testing.assert_close(each.dim_bits.transpose(0, 1), whole.dim_bits, rtol=0, atol=1e-4)
 
 
-def test_closed_past_gates_score_each_frame_alone():
-    """`past_gate=True` with the gates closed: a frame-independent model's weights (and its
-    actions without effect) score every frame exactly as that model does, and earlier
-    frames change nothing; opened, the past counts."""
+def open_past(model: wf.WorldFlow, seed: int = 0) -> None:
+    """Random weights for every layer's projection of the attention to the past."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.deep_block.transformer.layers:
+            w = layer.attn.past_proj.weight
+            w.copy_(torch.randn(w.shape, generator=gen) / w.shape[1] ** 0.5)
+
+
+def test_past_attention_at_init_scores_each_frame_alone():
+    """`past_attention=True` with its projections at zero (as built): a frame-independent
+    model's weights (and its actions without effect) score every frame exactly as that
+    model does, and earlier frames change nothing; with the projections trained, the past
+    counts."""
     image = build(seed=6, num_actions=2, max_frames=1, context_frames=0)
-    video_model = wf.WorldFlow.from_preset("tiny", num_actions=2, past_gate=True).eval()
+    video_model = wf.WorldFlow.from_preset("tiny", num_actions=2, past_attention=True).eval()
     missing = video_model.load_state_dict(image.state_dict(), strict=False).missing_keys
-    assert missing and all(key.endswith(".attn.gate") for key in missing)
+    assert missing and all(".attn.past_proj." in key for key in missing)
     with torch.no_grad():
         video_model.actions.start_as_null()
     x, actions = video(frames=5), torch.randint(0, 2, (2, 5))
@@ -231,19 +236,15 @@ def test_closed_past_gates_score_each_frame_alone():
     changed = x.clone()
     changed[:, :2] = video(frames=2, seed=1)
     assert torch.equal(video_model.frame_nll(changed, actions)[:, 2:], nll[:, 2:])
-    with torch.no_grad():
-        for layer in video_model.deep_block.transformer.layers:
-            layer.attn.gate.fill_(0.02)
+    open_past(video_model)
     assert (video_model.frame_nll(changed, actions)[:, 2:] - nll[:, 2:]).abs().min() > 1e-3
+    assert torch.equal(video_model.frame_nll(changed, actions)[:, 0], image.frame_nll(changed, actions)[:, 0])
 
 
-def test_gated_text_model_inverts_and_caches():
-    """The text prefix belongs to no frame: a gated text model still inverts, and its
-    frame-by-frame cached scores equal the full pass."""
-    model = build(seed=3, text_dim=32, text_len=8, past_gate=True)
-    with torch.no_grad():
-        for layer in model.deep_block.transformer.layers:
-            layer.attn.gate.fill_(0.02)
+def test_past_attention_text_model_inverts_and_caches():
+    """The text prefix belongs to no frame: a text model with attention to the past still
+    inverts, and its frame-by-frame cached scores equal the full pass."""
+    model = build(seed=3, text_dim=32, text_len=8, past_attention=True)
     x = video(frames=3)
     z, _ = model.encode(x, prompt="a cart")
     assert (model.decode(z, prompt="a cart", sampler=TIGHT) - x).abs().max().item() <= 1e-4

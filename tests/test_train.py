@@ -229,19 +229,19 @@ def test_init_flow_starts_a_video_model_from_a_frame_independent_one(data, short
         build_model(replace(cfg, model={"noise_std": 0.1}), meta)
 
 
-def test_init_flow_into_a_gated_video_model_starts_exactly_at_the_source(data, short_run, tmp_path):
-    """`+model.past_gate=true` from sources without gates: the gates start closed, so every
-    frame, not only the first, scores exactly as under the frame-independent source."""
+def test_init_flow_into_a_model_with_past_attention_starts_exactly_at_the_source(data, short_run, tmp_path):
+    """`+model.past_attention=true` from sources without it: its projections start at zero,
+    so every frame, not only the first, scores exactly as under the frame-independent source."""
     image_run = tmp_path / "image"
     run(config(data, image_run, steps=1, model={"max_frames": 1, "context_frames": 0}))
     image = randomize(wf.WorldFlow.from_pretrained(image_run / "model"), seed=3).eval()
     image.save_pretrained(tmp_path / "image_model")
     _, meta = load_dataset(data)
     cfg = config(data, "unused", init=str(short_run / "model"), init_flow=str(tmp_path / "image_model"),
-                 model={"past_gate": True})
+                 model={"past_attention": True})
     video = build_model(cfg, meta).eval()
-    gates = [layer.attn.gate for layer in video.deep_block.transformer.layers]
-    assert gates and all(torch.equal(g, torch.zeros_like(g)) for g in gates)
+    projections = [layer.attn.past_proj.weight for layer in video.deep_block.transformer.layers]
+    assert projections and all(torch.equal(w, torch.zeros_like(w)) for w in projections)
     episode = load_dataset(data)[0][:6]
     frames, actions = episode["frames"][None], episode["actions"][None]
     with torch.no_grad():

@@ -41,11 +41,11 @@ class ModelConfig:
     soft_clip: float = 4.0
     max_frames: int = 8  # deep-block attention window, in frames (1: frames independent)
     context_frames: int = 4  # frames re-encoded when a long video slides its window
-    # the deep block reads earlier frames only through a per-head tanh gate of each layer,
-    # closed at init, and every frame starts from the start token: with the gates closed a
-    # model without text scores each frame alone (a video model started from a
+    # the deep block reads earlier frames only through a separate attention per layer whose
+    # output projection starts at zero, and every frame starts from the start token: at
+    # init a model without text scores each frame alone (a video model started from a
     # frame-independent one with `init_flow=` then starts exactly where that one is)
-    past_gate: bool = False
+    past_attention: bool = False
     text_dim: int = 0  # width of text embeddings; 0: no text conditioning
     text_len: int = 0  # text tokens (prompts are padded / cut to this length)
     text_encoder: str | None = None  # None: built-in byte encoder; else a local path

@@ -44,10 +44,10 @@ class FlowBlock(nn.Module):
     itself, only the network that produces its scale and shift, so the block stays
     exactly invertible.
 
-    `frame_tokens` (a deep block with gated attention to the past, `ModelConfig.past_gate`):
-    the sequence is frames of that many tokens, each frame's first slot reads the start
-    token instead of the previous frame's last token, and earlier frames are reached only
-    through the gated attention — with the gates closed, each frame is scored alone.
+    `frame_tokens` (a deep block with `ModelConfig.past_attention`): the sequence is frames
+    of that many tokens, each frame's first slot reads the start token instead of the
+    previous frame's last token, and earlier frames are reached only through each layer's
+    separate attention to them — while its projection is zero, each frame is scored alone.
     """
 
     def __init__(

@@ -60,7 +60,7 @@ class WorldFlow(nn.Module):
         )
         self.deep_block = FlowBlock(
             c, cfg.deep_width, cfg.deep_depth, cfg.head_dim, text_dim=cfg.text_dim, soft_clip=cfg.soft_clip,
-            frame_tokens=cfg.tokens_per_frame if cfg.past_gate else None, text_len=cfg.text_len,
+            frame_tokens=cfg.tokens_per_frame if cfg.past_attention else None, text_len=cfg.text_len,
         )
         self.actions = (
             ActionEmbedding(cfg.deep_width, cfg.num_actions, cfg.action_dim) if cfg.has_actions else None

@@ -23,7 +23,6 @@ except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_func = None
 
 TIME_FREQS = 8  # the last 8 rotary frequencies of a head serve the time axis
-GATE_GAIN = 50.0  # gated attention to the past: tanh(GATE_GAIN * g) (see SelfAttention)
 
 
 # ---------------------------------------------------------------------------- positions
@@ -144,12 +143,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
 class SelfAttention(nn.Module):
     """Causal multi-head self-attention with rotary positions.
 
-    `gated`: keys of earlier frames are attended to separately (their own softmax) and
-    that output is added through a per-head gate tanh(GATE_GAIN * g), g = 0 at init: with
-    the gates closed each query sees only its own frame (and the text), as a
-    frame-independent model. Under Adam a parameter moves about one learning rate a step,
-    so the gain is the gate's learning-rate multiplier: at 1e-4 a gate can open in a few
-    hundred steps instead of tens of thousands.
+    `gated`: keys of earlier frames are attended to separately (their own softmax), and
+    that output enters through a projection of its own that starts at zero: at init each
+    query sees only its own frame (and the text), as a frame-independent model, and the
+    projection learns from its first step (a scalar gate on the past, tried first, stayed
+    shut: the gate and the projections behind it each wait for the other to move).
     """
 
     def __init__(self, width: int, head_dim: int, gated: bool = False):
@@ -158,7 +156,10 @@ class SelfAttention(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
-        self.gate = nn.Parameter(torch.zeros(width // head_dim)) if gated else None
+        self.past_proj = nn.Linear(width, width) if gated else None
+        if gated:
+            nn.init.zeros_(self.past_proj.weight)
+            nn.init.zeros_(self.past_proj.bias)
 
     def forward(
         self,
@@ -177,16 +178,17 @@ class SelfAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:  # keys are cached after rotation: a slot's angle never changes
             k, v = cache.write(layer, k, v)
-        if self.gate is None or past is None:
+        if self.past_proj is None or past is None:
             out = attention(q, k, v, mask, causal=True)
-        else:
-            lq, lk = q.shape[-2], k.shape[-2]
-            causal = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
-            out = attention(q, k, v, causal & ~past, causal=True)
-            seen = past.any(-1, keepdim=True)  # rows of a video's first frame see no past
-            earlier = attention(q, k, v, past | ~seen, causal=True) * seen
-            out = out + torch.tanh(GATE_GAIN * self.gate)[:, None, None].to(out.dtype) * earlier
-        return self.proj(rearrange(out, "b n l d -> b l (n d)"))
+            return self.proj(rearrange(out, "b n l d -> b l (n d)"))
+        lq, lk = q.shape[-2], k.shape[-2]
+        causal = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+        out = attention(q, k, v, causal & ~past, causal=True)
+        seen = past.any(-1, keepdim=True)  # rows of a video's first frame see no past
+        earlier = attention(q, k, v, past | ~seen, causal=True) * seen
+        return self.proj(rearrange(out, "b n l d -> b l (n d)")) + self.past_proj(
+            rearrange(earlier, "b n l d -> b l (n d)")
+        ) * seen.to(out.dtype)
 
 
 class MLP(nn.Module):
@@ -230,7 +232,8 @@ class Transformer(nn.Module):
 
     With a `cache`, `h` holds the newest slots only; their keys and values are written
     after the cached ones and `cache.length` advances by `h.shape[1]`. With `frame_tokens`
-    set, every layer's attention to earlier frames is gated (`SelfAttention`); the slots
+    set, every layer reads earlier frames through its own zero-initialised projection
+    (`SelfAttention`, `gated`); the slots
     are `prefix` text slots, then frames of `frame_tokens` slots.
     """
 

@@ -222,10 +222,10 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
 
 
 def _loaded(parts, tensors: dict):
-    """Which weights to load: those of `parts`, less the past gates of a source without
-    them (`ModelConfig.past_gate`), which then start closed."""
-    gated = any(key.endswith(".attn.gate") for key in tensors)
-    return lambda key: part_of(key) in parts and (gated or not key.endswith(".attn.gate"))
+    """Which weights to load: those of `parts`, less the projections of the attention to
+    the past when the source has none (`ModelConfig.past_attention`): they start at zero."""
+    has_past = any(".attn.past_proj." in key for key in tensors)
+    return lambda key: part_of(key) in parts and (has_past or ".attn.past_proj." not in key)
 
 
 def _load_flow(model: WorldFlow, name: str) -> None:
