@@ -143,21 +143,21 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
 class SelfAttention(nn.Module):
     """Causal multi-head self-attention with rotary positions.
 
-    `gated`: keys of earlier frames are attended to separately (their own softmax), and
+    `reads_past`: keys of earlier frames are attended to separately (their own softmax), and
     that output enters through a projection of its own that starts at zero: at init each
     query sees only its own frame (and the text), as a frame-independent model, and the
     projection learns from its first step (a scalar gate on the past, tried first, stayed
     shut: the gate and the projections behind it each wait for the other to move).
     """
 
-    def __init__(self, width: int, head_dim: int, gated: bool = False):
+    def __init__(self, width: int, head_dim: int, reads_past: bool = False):
         super().__init__()
         self.head_dim = head_dim
         self.norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
-        self.past_proj = nn.Linear(width, width) if gated else None
-        if gated:
+        self.past_proj = nn.Linear(width, width) if reads_past else None
+        if reads_past:
             nn.init.zeros_(self.past_proj.weight)
             nn.init.zeros_(self.past_proj.bias)
 
@@ -203,9 +203,9 @@ class MLP(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, width: int, head_dim: int, gated: bool = False):
+    def __init__(self, width: int, head_dim: int, reads_past: bool = False):
         super().__init__()
-        self.attn = SelfAttention(width, head_dim, gated)
+        self.attn = SelfAttention(width, head_dim, reads_past)
         self.mlp = MLP(width)
 
     def forward(self, h, cos, sin, mask, cache, layer, past=None):
@@ -233,8 +233,8 @@ class Transformer(nn.Module):
     With a `cache`, `h` holds the newest slots only; their keys and values are written
     after the cached ones and `cache.length` advances by `h.shape[1]`. With `frame_tokens`
     set, every layer reads earlier frames through its own zero-initialised projection
-    (`SelfAttention`, `gated`); the slots
-    are `prefix` text slots, then frames of `frame_tokens` slots.
+    (`SelfAttention`, `reads_past`); the slots are `prefix` text slots, then frames of
+    `frame_tokens` slots.
     """
 
     def __init__(self, width: int, depth: int, head_dim: int, frame_tokens: int | None = None,
