@@ -92,14 +92,20 @@ class FlowBlock(nn.Module):
         """The network input of the first slot, (batch, 1, c)."""
         return self.sos.expand(batch, 1, -1).to(like.dtype)
 
-    def shifted(self, u: Tensor, first: Tensor | None = None) -> Tensor:
-        """The network inputs for a sequence: [first, u_0, ..., u_{L-2}], `first` the start
-        token by default (with `frame_tokens`, the start token begins every frame; u must
-        then begin at a frame boundary)."""
-        sos = self.start_token(u.shape[0], u)
-        inputs = torch.cat([sos if first is None else first, u[:, :-1]], dim=1)
+    def first_input(self, previous: Tensor | None, like: Tensor) -> Tensor:
+        """The network input of a frame's first slot, (batch, 1, c): the previous frame's
+        last token `previous`, or the start token at a video's start or with `frame_tokens`."""
+        if previous is None or self.frame_tokens is not None:
+            return self.start_token(like.shape[0], like)
+        return previous
+
+    def shifted(self, u: Tensor, previous: Tensor | None = None) -> Tensor:
+        """The network inputs for a sequence starting at a frame boundary:
+        [first_input(previous), u_0, ..., u_{L-2}] (with `frame_tokens`, the start token
+        begins every frame)."""
+        inputs = torch.cat([self.first_input(previous, u), u[:, :-1]], dim=1)
         if self.frame_tokens is not None:
-            inputs[:, :: self.frame_tokens] = sos
+            inputs[:, :: self.frame_tokens] = self.start_token(u.shape[0], u)
         return inputs
 
     # ------------------------------------------------------------------ data -> noise

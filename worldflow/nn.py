@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +141,32 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+class FrameMasks(NamedTuple):
+    """Attention masks (queries, keys) of a sequence of frames, for `SelfAttention(reads_past)`.
+
+    own: the causal keys of the query's own frame and the text prefix. earlier: the keys of
+    earlier frames; a row with none (a video's first frame) sees every key instead, and
+    `seen` (queries, 1) zeroes its output.
+    """
+
+    own: Tensor
+    earlier: Tensor
+    seen: Tensor
+
+    @classmethod
+    def of(cls, queries: int, offset: int, prefix: int, frame_tokens: int, device) -> FrameMasks:
+        """Queries are slots offset .. offset + queries - 1, keys 0 .. offset + queries - 1;
+        slots are `prefix` text slots, then frames of `frame_tokens` slots. Text slots
+        belong to no frame and are never "earlier"."""
+        q = torch.arange(offset, offset + queries, device=device)[:, None]
+        k = torch.arange(offset + queries, device=device)[None]
+        frame_q = torch.div(q - prefix, frame_tokens, rounding_mode="floor")
+        frame_k = torch.div(k - prefix, frame_tokens, rounding_mode="floor")
+        earlier = (frame_k < frame_q) & (k >= prefix)
+        seen = earlier.any(-1, keepdim=True)
+        return cls((k <= q) & ~earlier, earlier | ~seen, seen)
+
+
 class SelfAttention(nn.Module):
     """Causal multi-head self-attention with rotary positions.
 
@@ -169,26 +196,23 @@ class SelfAttention(nn.Module):
         mask: Tensor | None,
         cache: KVCache | None,
         layer: int,
-        past: Tensor | None = None,
+        frames: FrameMasks | None = None,
     ) -> Tensor:
-        # h: (B, L, width); cos/sin: rows of the new slots; past: (L, Lk) keys of earlier frames
+        # h: (B, L, width); cos/sin: rows of the new slots
         q, k, v = rearrange(
             self.qkv(self.norm(h)), "b l (three n d) -> three b n l d", three=3, d=self.head_dim
         )
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:  # keys are cached after rotation: a slot's angle never changes
             k, v = cache.write(layer, k, v)
-        if self.past_proj is None or past is None:
+        if self.past_proj is None or frames is None:
             out = attention(q, k, v, mask, causal=True)
             return self.proj(rearrange(out, "b n l d -> b l (n d)"))
-        lq, lk = q.shape[-2], k.shape[-2]
-        causal = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
-        out = attention(q, k, v, causal & ~past, causal=True)
-        seen = past.any(-1, keepdim=True)  # rows of a video's first frame see no past
-        earlier = attention(q, k, v, past | ~seen, causal=True) * seen
-        return self.proj(rearrange(out, "b n l d -> b l (n d)")) + self.past_proj(
+        own = attention(q, k, v, frames.own, causal=True)
+        earlier = attention(q, k, v, frames.earlier, causal=True)
+        return self.proj(rearrange(own, "b n l d -> b l (n d)")) + self.past_proj(
             rearrange(earlier, "b n l d -> b l (n d)")
-        ) * seen.to(out.dtype)
+        ) * frames.seen.to(own.dtype)
 
 
 class MLP(nn.Module):
@@ -208,23 +232,9 @@ class Layer(nn.Module):
         self.attn = SelfAttention(width, head_dim, reads_past)
         self.mlp = MLP(width)
 
-    def forward(self, h, cos, sin, mask, cache, layer, past=None):
-        h = h + self.attn(h, cos, sin, mask, cache, layer, past)
+    def forward(self, h, cos, sin, mask, cache, layer, frames=None):
+        h = h + self.attn(h, cos, sin, mask, cache, layer, frames)
         return h + self.mlp(h)
-
-
-def earlier_frames(queries: int, keys: int, offset: int, prefix: int, frame_tokens: int, device) -> Tensor:
-    """(queries, keys) bool: which keys lie in an earlier frame than each query.
-
-    Slots are numbered from the start of the sequence: `prefix` text slots, then frames of
-    `frame_tokens` slots; the queries are slots offset .. offset + queries - 1, the keys
-    0 .. keys - 1. Text slots belong to no frame and are never "earlier".
-    """
-    q = torch.arange(offset, offset + queries, device=device)
-    k = torch.arange(keys, device=device)
-    frame_q = torch.div(q - prefix, frame_tokens, rounding_mode="floor")
-    frame_k = torch.div(k - prefix, frame_tokens, rounding_mode="floor")
-    return (frame_k[None] < frame_q[:, None]) & (k >= prefix)[None]
 
 
 class Transformer(nn.Module):
@@ -256,13 +266,12 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         mask: Tensor | None = None,
     ) -> Tensor:
-        past = None
+        frames = None  # one set of masks for every layer
         if self.frame_tokens is not None:
             offset = 0 if cache is None else cache.length
-            past = earlier_frames(h.shape[1], offset + h.shape[1], offset, self.prefix,
-                                  self.frame_tokens, h.device)
+            frames = FrameMasks.of(h.shape[1], offset, self.prefix, self.frame_tokens, h.device)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, mask, cache, i, past)
+            h = layer(h, cos, sin, mask, cache, i, frames)
         if cache is not None:
             cache.advance(h.shape[1])
         return self.final_norm(h)

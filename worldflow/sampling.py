@@ -281,8 +281,7 @@ def next_frame(
     base = text_len + f * n
     slot_cond = None if cond is None else cond[:, None].expand(-1, n, -1)
     v_deep = model.deep_order(v)
-    per_frame = model.deep_block.frame_tokens is not None  # every frame starts from the start token
-    first = state.tokens[:, -1, -1:] if f and not per_frame else model.deep_block.start_token(v.shape[0], v)
+    first = model.deep_block.first_input(state.tokens[:, -1, -1:] if f else None, v)
     init = affine_guess(state.prev_affine[-1], v_deep, state.tokens[:, -1] if f else v_deep)
 
     def deep_step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
