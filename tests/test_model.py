@@ -12,11 +12,15 @@ from worldflow.config import SamplerConfig
 TIGHT = SamplerConfig("jacobi", threshold=1e-12)
 
 
-@pytest.fixture(params=[False, True], ids=["", "past_attention"])
+@pytest.fixture(
+    params=[{}, {"past_attention": True}, {"past_attention": True, "token_history": 2}],
+    ids=["", "past_attention", "token_history"],
+)
 def tiny(request):
-    """The randomized `tiny` world model, and the same with its own attention to the past
-    (randomized like every weight, so the past counts): every contract below holds for both."""
-    return build(num_actions=2, past_attention=request.param)
+    """The randomized `tiny` world model; the same with its own attention to the past; and
+    with that and the token history too (randomized like every weight, so the past
+    counts): every contract below holds for each."""
+    return build(num_actions=2, **request.param)
 
 
 def video(batch=2, frames=4, scale=1.0, seed=0):
@@ -211,23 +215,30 @@ def test_window_of_one_frame_makes_frames_independent():
 
 
 def open_past(model: wf.WorldFlow, seed: int = 0) -> None:
-    """Random weights for every layer's projection of the attention to the past."""
+    """Random weights for every zero-started path to the past: each layer's projection of
+    the attention to the past, and the token history's projection where there is one."""
     gen = torch.Generator().manual_seed(seed)
+    weights = [layer.attn.past_proj.weight for layer in model.deep_block.transformer.layers]
+    if model.deep_block.proj_history is not None:
+        weights.append(model.deep_block.proj_history.weight)
     with torch.no_grad():
-        for layer in model.deep_block.transformer.layers:
-            w = layer.attn.past_proj.weight
+        for w in weights:
             w.copy_(torch.randn(w.shape, generator=gen) / w.shape[1] ** 0.5)
 
 
-def test_past_attention_at_init_scores_each_frame_alone():
-    """`past_attention=True` with its projections at zero (as built): a frame-independent
-    model's weights (and its actions without effect) score every frame exactly as that
-    model does, and earlier frames change nothing; with the projections trained, the past
-    counts."""
+@pytest.mark.parametrize("history", [0, 2])
+def test_past_attention_at_init_scores_each_frame_alone(history):
+    """`past_attention=True` (and a `token_history`) with its projections at zero (as
+    built): a frame-independent model's weights (and its actions without effect) score
+    every frame exactly as that model does, and earlier frames change nothing; with the
+    projections trained, the past counts."""
     image = build(seed=6, num_actions=2, max_frames=1, context_frames=0)
-    video_model = wf.WorldFlow.from_preset("tiny", num_actions=2, past_attention=True).eval()
+    video_model = wf.WorldFlow.from_preset(
+        "tiny", num_actions=2, past_attention=True, token_history=history
+    ).eval()
     missing = video_model.load_state_dict(image.state_dict(), strict=False).missing_keys
-    assert missing and all(".attn.past_proj." in key for key in missing)
+    assert missing and all(".attn.past_proj." in key or ".proj_history." in key for key in missing)
+    assert any(".proj_history." in key for key in missing) == bool(history)
     with torch.no_grad():
         video_model.actions.start_as_null()
     x, actions = video(frames=5), torch.randint(0, 2, (2, 5))
@@ -241,6 +252,22 @@ def test_past_attention_at_init_scores_each_frame_alone():
     assert torch.equal(video_model.frame_nll(changed, actions)[:, 0], image.frame_nll(changed, actions)[:, 0])
 
 
+def test_token_history_reads_the_same_place_in_the_frames_just_before():
+    """With the attention to the past shut, a `token_history=2` model is Markov of order 2:
+    frame t's score depends on frames t-2 and t-1, not on earlier ones."""
+    model = build(seed=4, num_actions=2, past_attention=True, token_history=2)
+    with torch.no_grad():
+        for layer in model.deep_block.transformer.layers:
+            layer.attn.past_proj.weight.zero_()
+            layer.attn.past_proj.bias.zero_()
+    x, actions = video(frames=6), torch.randint(0, 2, (2, 6))
+    nll = model.frame_nll(x, actions)
+    for t in range(4):
+        changed = x.clone()
+        changed[:, t] = video(frames=1, seed=7 + t)[:, 0]
+        moved = (model.frame_nll(changed, actions) - nll).abs()
+        assert (moved[:, t : t + 3] > 1e-4).all()  # the frame itself and the two after it
+        assert (moved[:, t + 3 :] == 0).all()  # nothing beyond the history
 def test_past_attention_text_model_inverts_and_caches():
     """The text prefix belongs to no frame: a text model with attention to the past still
     inverts, and its frame-by-frame cached scores equal the full pass."""

@@ -46,6 +46,11 @@ class ModelConfig:
     # init a model without text scores each frame alone (a video model started from a
     # frame-independent one with `init_flow=` then starts exactly where that one is)
     past_attention: bool = False
+    # each deep-block token also reads the tokens at its own place in the `token_history`
+    # frames before it in the attention window (a window's first frame has none), through
+    # a projection that starts at zero: "what was here a frame ago", without a search by
+    # attention; with `past_attention` a model still starts exactly at its `init_flow=`
+    token_history: int = 0
     text_dim: int = 0  # width of text embeddings; 0: no text conditioning
     text_len: int = 0  # text tokens (prompts are padded / cut to this length)
     text_encoder: str | None = None  # None: built-in byte encoder; else a local path
@@ -132,6 +137,11 @@ class ModelConfig:
             raise ConfigError(
                 f"max_frames / context_frames: expected max_frames >= 1 and 0 <= context_frames < "
                 f"max_frames, got {self.max_frames} / {self.context_frames}"
+            )
+        if not 0 <= self.token_history < self.max_frames:
+            raise ConfigError(
+                f"token_history: expected 0 <= token_history < max_frames={self.max_frames}, "
+                f"got {self.token_history}"
             )
         if self.codec not in ("patch", "latent"):
             raise ConfigError(f"codec: expected 'patch' or 'latent', got {self.codec!r}")

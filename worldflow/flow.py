@@ -48,6 +48,10 @@ class FlowBlock(nn.Module):
     of that many tokens, each frame's first slot reads the start token instead of the
     previous frame's last token, and earlier frames are reached only through each layer's
     separate attention to them — while its projection is zero, each frame is scored alone.
+
+    `history_dim > 0` (a deep block with `ModelConfig.token_history`): each slot also reads
+    `history` (B, L, history_dim), the tokens at its own place in the frames before it,
+    through `proj_history`, which starts at zero.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class FlowBlock(nn.Module):
         soft_clip: float = 4.0,
         frame_tokens: int | None = None,
         text_len: int = 0,
+        history_dim: int = 0,
     ):
         super().__init__()
         self.soft_clip = soft_clip
@@ -67,6 +72,10 @@ class FlowBlock(nn.Module):
         self.sos = nn.Parameter(torch.randn(1, 1, token_dim) * 0.02)
         self.proj_in = nn.Linear(token_dim, width)
         self.proj_txt = nn.Linear(text_dim, width) if text_dim else None
+        self.proj_history = nn.Linear(history_dim, width) if history_dim else None
+        if history_dim:
+            nn.init.zeros_(self.proj_history.weight)
+            nn.init.zeros_(self.proj_history.bias)
         self.transformer = Transformer(width, depth, head_dim, frame_tokens, text_len)
         self.proj_out = nn.Linear(width, 2 * token_dim)
         nn.init.zeros_(self.proj_out.weight)  # start as the identity map (TARFlow)
@@ -108,6 +117,16 @@ class FlowBlock(nn.Module):
             inputs[:, :: self.frame_tokens] = self.start_token(u.shape[0], u)
         return inputs
 
+    def slot_inputs(self, inputs: Tensor, cond: Tensor | None, history: Tensor | None) -> Tensor:
+        """The network's input stream (B, L, width): shifted tokens, plus the slots'
+        condition embeddings and (projected) token history where given."""
+        h = self.proj_in(inputs)
+        if cond is not None:
+            h = h + cond
+        if history is not None:
+            h = h + self.proj_history(history)
+        return h
+
     # ------------------------------------------------------------------ data -> noise
     def forward(
         self,
@@ -116,14 +135,14 @@ class FlowBlock(nn.Module):
         sin: Tensor,
         text: Tensor | None = None,
         cond: Tensor | None = None,
+        history: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """u: (B, L, c) -> v: (B, L, c), elementwise log-det (B, L, c). No cache.
 
-        cos/sin cover the text slots then the L token slots; cond: (B, L, width).
+        cos/sin cover the text slots then the L token slots; cond: (B, L, width);
+        history: (B, L, history_dim).
         """
-        h = self.proj_in(self.shifted(u))
-        if cond is not None:
-            h = h + cond
+        h = self.slot_inputs(self.shifted(u), cond, history)
         text_len = 0
         if text is not None:
             text_len = text.shape[1]
@@ -142,6 +161,7 @@ class FlowBlock(nn.Module):
         cache: KVCache,
         cond: Tensor | None = None,
         guidance: float = 0.0,
+        history: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One inversion step of a chunk: u = v * a + b, with a, b computed from `inputs`.
 
@@ -150,9 +170,7 @@ class FlowBlock(nn.Module):
         reject them). With `guidance > 0` the cache holds 2B items, the conditional half
         first; both halves get the same input and the guided a, b. Returns u and a.
         """
-        h = self.proj_in(inputs)
-        if cond is not None:
-            h = h + cond
+        h = self.slot_inputs(inputs, cond, history)
         guided = guidance > 0
         if guided:
             h = torch.cat([h, h])

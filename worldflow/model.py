@@ -61,6 +61,7 @@ class WorldFlow(nn.Module):
         self.deep_block = FlowBlock(
             c, cfg.deep_width, cfg.deep_depth, cfg.head_dim, text_dim=cfg.text_dim, soft_clip=cfg.soft_clip,
             frame_tokens=cfg.tokens_per_frame if cfg.past_attention else None, text_len=cfg.text_len,
+            history_dim=cfg.token_history * (c + 1),
         )
         self.actions = (
             ActionEmbedding(cfg.deep_width, cfg.num_actions, cfg.action_dim) if cfg.has_actions else None
@@ -111,6 +112,20 @@ class WorldFlow(nn.Module):
     def deep_order(self, tokens: Tensor) -> Tensor:
         """Natural <-> deep-block token order within frames, (..., N, c) (an involution)."""
         return tokens.flip(-2) if self.flips(self.config.shallow_blocks) else tokens
+
+    def token_history(self, window: Tensor, new: int) -> Tensor | None:
+        """What the last `new` frames of a window's deep-block inputs `window` (B, F, N, c)
+        read of their past (`ModelConfig.token_history` = K): for each token, the tokens at
+        its place in the K frames before it, each followed by a 1, or zeros where the window
+        has no such frame; (B, new * N, K (c + 1)) in slot order, or None when K = 0."""
+        lags = self.config.token_history
+        if not lags:
+            return None
+        b, f, n, _ = window.shape
+        marked = torch.cat([window, window.new_ones(b, f, n, 1)], dim=-1)
+        padded = torch.cat([marked.new_zeros(b, lags, *marked.shape[2:]), marked], dim=1)
+        lagged = [padded[:, lags + f - new - k : lags + f - k] for k in range(1, lags + 1)]
+        return torch.cat(lagged, dim=-1).flatten(1, 2)
 
     def _rope(self, text_len: int, frames: int, temporal: bool, like: Tensor):
         cfg = self.config
@@ -253,7 +268,8 @@ class WorldFlow(nn.Module):
                 seg_cond[:, 0] = self.actions.null
                 seg_cond = seg_cond.repeat_interleave(n, dim=1)
             cos, sin = self.deep_rope(hi - lo, text_len)
-            v, logdet = self.deep_block(u[:, lo:hi].flatten(1, 2), cos, sin, text, seg_cond)
+            history = self.token_history(u[:, lo:hi], hi - lo)
+            v, logdet = self.deep_block(u[:, lo:hi].flatten(1, 2), cos, sin, text, seg_cond, history)
             new = start - lo
             outs.append(v.view(b, hi - lo, n, c)[:, new:])
             logdets.append(logdet.view(b, hi - lo, n, c)[:, new:])

@@ -226,10 +226,12 @@ def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None)
     cos, sin = model.deep_rope(f1, text_len)
     rows = slice(text_len + f0 * n, text_len + f1 * n)
     slot_cond = None if cond is None else cond.repeat_interleave(n, dim=1)
+    window = torch.cat([state.tokens, tokens], dim=1)
+    history = model.token_history(window, tokens.shape[1])
     b, a = model.deep_block.inverse(
-        torch.zeros_like(seq), inputs, cos[rows], sin[rows], state.cache, slot_cond, state.guidance
+        torch.zeros_like(seq), inputs, cos[rows], sin[rows], state.cache, slot_cond, state.guidance, history
     )
-    state.tokens = torch.cat([state.tokens, tokens], dim=1)
+    state.tokens = window
     if state.cond is not None:
         state.cond = torch.cat([state.cond, cond], dim=1)
     return ((seq - b) / a).view_as(tokens), a.log().view_as(tokens)
@@ -283,12 +285,15 @@ def next_frame(
     v_deep = model.deep_order(v)
     first = model.deep_block.first_input(state.tokens[:, -1, -1:] if f else None, v)
     init = affine_guess(state.prev_affine[-1], v_deep, state.tokens[:, -1] if f else v_deep)
+    # v_deep only stands in for the new frame: its history reads the frames before it
+    history = model.token_history(torch.cat([state.tokens, v_deep[:, None]], dim=1), 1)
 
     def deep_step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
         c = None if slot_cond is None else slot_cond[:, lo:hi]
+        h = None if history is None else history[:, lo:hi]
         rows = slice(base + lo, base + hi)
         return model.deep_block.inverse(
-            v_deep[:, lo:hi], inputs, cos[rows], sin[rows], state.cache, c, state.guidance
+            v_deep[:, lo:hi], inputs, cos[rows], sin[rows], state.cache, c, state.guidance, h
         )
 
     u_deep, a, calls = _solve_frame(deep_step, first, init, state.cache, sampler, n)

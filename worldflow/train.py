@@ -221,11 +221,15 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
     return model
 
 
+# weights that start at zero: a source without them leaves them there
+ZERO_STARTED = (".attn.past_proj.", "deep_block.proj_history.")
+
+
 def _loaded(parts, tensors: dict):
-    """Which weights to load: those of `parts`, less the projections of the attention to
-    the past when the source has none (`ModelConfig.past_attention`): they start at zero."""
-    has_past = any(".attn.past_proj." in key for key in tensors)
-    return lambda key: part_of(key) in parts and (has_past or ".attn.past_proj." not in key)
+    """Which weights to load: those of `parts`, less the zero-started ones the source has
+    none of (`ModelConfig.past_attention`'s projections, `token_history`'s)."""
+    absent = [m for m in ZERO_STARTED if not any(m in key for key in tensors)]
+    return lambda key: part_of(key) in parts and not any(m in key for m in absent)
 
 
 def _load_flow(model: WorldFlow, name: str) -> None:
