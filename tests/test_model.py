@@ -13,13 +13,13 @@ TIGHT = SamplerConfig("jacobi", threshold=1e-12)
 
 
 @pytest.fixture(
-    params=[{}, {"past_attention": True}, {"past_attention": True, "token_history": 2}],
-    ids=["", "past_attention", "token_history"],
+    params=[{}, {"past_attention": True}, {"past_attention": True, "token_history": 2, "shallow_history": 2}],
+    ids=["", "past_attention", "history"],
 )
 def tiny(request):
     """The randomized `tiny` world model; the same with its own attention to the past; and
-    with that and the token history too (randomized like every weight, so the past
-    counts): every contract below holds for each."""
+    with that and the deep and shallow blocks' token histories too (randomized like every
+    weight, so the past counts): every contract below holds for each."""
     return build(num_actions=2, **request.param)
 
 
@@ -219,8 +219,9 @@ def open_past(model: wf.WorldFlow, seed: int = 0) -> None:
     the attention to the past, and the token history's projection where there is one."""
     gen = torch.Generator().manual_seed(seed)
     weights = [layer.attn.past_proj.weight for layer in model.deep_block.transformer.layers]
-    if model.deep_block.proj_history is not None:
-        weights.append(model.deep_block.proj_history.weight)
+    for block in [*model.shallow_blocks, model.deep_block]:
+        if block.proj_history is not None:
+            weights.append(block.proj_history.weight)
     with torch.no_grad():
         for w in weights:
             w.copy_(torch.randn(w.shape, generator=gen) / w.shape[1] ** 0.5)
@@ -228,13 +229,13 @@ def open_past(model: wf.WorldFlow, seed: int = 0) -> None:
 
 @pytest.mark.parametrize("history", [0, 2])
 def test_past_attention_at_init_scores_each_frame_alone(history):
-    """`past_attention=True` (and a `token_history`) with its projections at zero (as
+    """`past_attention=True` (and the token histories) with its projections at zero (as
     built): a frame-independent model's weights (and its actions without effect) score
     every frame exactly as that model does, and earlier frames change nothing; with the
     projections trained, the past counts."""
     image = build(seed=6, num_actions=2, max_frames=1, context_frames=0)
     video_model = wf.WorldFlow.from_preset(
-        "tiny", num_actions=2, past_attention=True, token_history=history
+        "tiny", num_actions=2, past_attention=True, token_history=history, shallow_history=history
     ).eval()
     missing = video_model.load_state_dict(image.state_dict(), strict=False).missing_keys
     assert missing and all(".attn.past_proj." in key or ".proj_history." in key for key in missing)
@@ -252,22 +253,28 @@ def test_past_attention_at_init_scores_each_frame_alone(history):
     assert torch.equal(video_model.frame_nll(changed, actions)[:, 0], image.frame_nll(changed, actions)[:, 0])
 
 
-def test_token_history_reads_the_same_place_in_the_frames_just_before():
-    """With the attention to the past shut, a `token_history=2` model is Markov of order 2:
-    frame t's score depends on frames t-2 and t-1, not on earlier ones."""
-    model = build(seed=4, num_actions=2, past_attention=True, token_history=2)
+@pytest.mark.parametrize("deep, shallow", [(2, 0), (0, 2), (2, 2)])
+def test_token_histories_make_a_markov_model_of_their_order(deep, shallow):
+    """With the attention to the past shut, a model whose blocks read the same place in the
+    K frames before is Markov: frame t's score depends on frames t-K .. t-1 and not on
+    earlier ones. K is the deep history plus the shallow one, as the deep block's history
+    holds shallow outputs, which read their own pixel history (8 frames: one window)."""
+    model = build(seed=4, num_actions=2, past_attention=True, token_history=deep, shallow_history=shallow)
     with torch.no_grad():
         for layer in model.deep_block.transformer.layers:
             layer.attn.past_proj.weight.zero_()
             layer.attn.past_proj.bias.zero_()
-    x, actions = video(frames=6), torch.randint(0, 2, (2, 6))
+    order = deep + shallow
+    x, actions = video(frames=8), torch.randint(0, 2, (2, 8))
     nll = model.frame_nll(x, actions)
-    for t in range(4):
+    for t in range(8 - order):
         changed = x.clone()
         changed[:, t] = video(frames=1, seed=7 + t)[:, 0]
         moved = (model.frame_nll(changed, actions) - nll).abs()
-        assert (moved[:, t : t + 3] > 1e-4).all()  # the frame itself and the two after it
-        assert (moved[:, t + 3 :] == 0).all()  # nothing beyond the history
+        assert (moved[:, t : t + order + 1] > 1e-4).all()  # the frame itself and the K after it
+        assert (moved[:, t + order + 1 :] == 0).all()  # nothing beyond them
+
+
 def test_past_attention_text_model_inverts_and_caches():
     """The text prefix belongs to no frame: a text model with attention to the past still
     inverts, and its frame-by-frame cached scores equal the full pass."""

@@ -230,7 +230,7 @@ def test_init_flow_starts_a_video_model_from_a_frame_independent_one(data, short
 
 
 def test_init_flow_into_a_model_with_past_attention_starts_exactly_at_the_source(data, short_run, tmp_path):
-    """`+model.past_attention=true +model.token_history=2` from sources without them: their
+    """`+model.past_attention=true` and both token histories from sources without them: their
     projections start at zero, so every frame, not only the first, scores exactly as under
     the frame-independent source."""
     image_run = tmp_path / "image"
@@ -239,10 +239,10 @@ def test_init_flow_into_a_model_with_past_attention_starts_exactly_at_the_source
     image.save_pretrained(tmp_path / "image_model")
     _, meta = load_dataset(data)
     cfg = config(data, "unused", init=str(short_run / "model"), init_flow=str(tmp_path / "image_model"),
-                 model={"past_attention": True, "token_history": 2})
+                 model={"past_attention": True, "token_history": 2, "shallow_history": 2})
     video = build_model(cfg, meta).eval()
     projections = [layer.attn.past_proj.weight for layer in video.deep_block.transformer.layers]
-    projections.append(video.deep_block.proj_history.weight)
+    projections += [block.proj_history.weight for block in [*video.shallow_blocks, video.deep_block]]
     assert projections and all(torch.equal(w, torch.zeros_like(w)) for w in projections)
     episode = load_dataset(data)[0][:6]
     frames, actions = episode["frames"][None], episode["actions"][None]

@@ -51,6 +51,11 @@ class ModelConfig:
     # a projection that starts at zero: "what was here a frame ago", without a search by
     # attention; with `past_attention` a model still starts exactly at its `init_flow=`
     token_history: int = 0
+    # each shallow-block token also reads the pixels at its place in the `shallow_history`
+    # frames before it (the video's, not the window's: at most `denoiser_window`, whose
+    # frames generation keeps), through a projection that starts at zero: the shallow
+    # blocks then draw a frame from what its pixels were, where the cart is explicit
+    shallow_history: int = 0
     text_dim: int = 0  # width of text embeddings; 0: no text conditioning
     text_len: int = 0  # text tokens (prompts are padded / cut to this length)
     text_encoder: str | None = None  # None: built-in byte encoder; else a local path
@@ -142,6 +147,11 @@ class ModelConfig:
             raise ConfigError(
                 f"token_history: expected 0 <= token_history < max_frames={self.max_frames}, "
                 f"got {self.token_history}"
+            )
+        if not 0 <= self.shallow_history <= self.denoiser_window:
+            raise ConfigError(
+                f"shallow_history: expected 0 <= shallow_history <= denoiser_window="
+                f"{self.denoiser_window}, got {self.shallow_history}"
             )
         if self.codec not in ("patch", "latent"):
             raise ConfigError(f"codec: expected 'patch' or 'latent', got {self.codec!r}")

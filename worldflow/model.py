@@ -55,7 +55,8 @@ class WorldFlow(nn.Module):
         self.codec = PatchCodec(cfg.patch_size, cfg.frame_size)
         c = cfg.token_dim
         self.shallow_blocks = nn.ModuleList(
-            FlowBlock(c, cfg.shallow_width, cfg.shallow_depth, cfg.head_dim, soft_clip=cfg.soft_clip)
+            FlowBlock(c, cfg.shallow_width, cfg.shallow_depth, cfg.head_dim, soft_clip=cfg.soft_clip,
+                      history_dim=cfg.shallow_history * (c + 1))
             for _ in range(cfg.shallow_blocks)
         )
         self.deep_block = FlowBlock(
@@ -115,17 +116,36 @@ class WorldFlow(nn.Module):
 
     def token_history(self, window: Tensor, new: int) -> Tensor | None:
         """What the last `new` frames of a window's deep-block inputs `window` (B, F, N, c)
-        read of their past (`ModelConfig.token_history` = K): for each token, the tokens at
-        its place in the K frames before it, each followed by a 1, or zeros where the window
-        has no such frame; (B, new * N, K (c + 1)) in slot order, or None when K = 0."""
+        read of their past (`ModelConfig.token_history`), (B, new * N, K (c + 1)) in slot
+        order (`history_features`), or None."""
         lags = self.config.token_history
-        if not lags:
-            return None
-        b, f, n, _ = window.shape
-        marked = torch.cat([window, window.new_ones(b, f, n, 1)], dim=-1)
-        padded = torch.cat([marked.new_zeros(b, lags, *marked.shape[2:]), marked], dim=1)
-        lagged = [padded[:, lags + f - new - k : lags + f - k] for k in range(1, lags + 1)]
-        return torch.cat(lagged, dim=-1).flatten(1, 2)
+        return history_features(window, new, lags).flatten(1, 2) if lags else None
+
+    def pixel_history(self, frames: Tensor, new: int) -> Tensor | None:
+        """What the shallow blocks read of the last `new` of `frames`' (B, F, N, c) pixel
+        tokens' past (`ModelConfig.shallow_history`), (B new, N, K (c + 1)) in natural
+        order (`history_features`), or None."""
+        lags = self.config.shallow_history
+        return history_features(frames, new, lags).flatten(0, 1) if lags else None
+
+    def _shallow_forward(self, tokens: Tensor, history: Tensor | None):
+        """Shallow blocks over pixel tokens (B, F, N, c), each frame alone (with its pixel
+        history): block outputs and elementwise log-dets, natural order, and each block's
+        input, output and log-det in its own order (B F, N, c)."""
+        cos, sin = self.shallow_rope()
+        outputs, logdets, maps = [], [], []
+        for i, block in enumerate(self.shallow_blocks):
+            u = tokens.flatten(0, 1)
+            hist = history
+            if self.flips(i):
+                u = u.flip(1)
+                hist = None if history is None else history.flip(1)
+            v, logdet = block(u, cos, sin, history=hist)
+            maps.append((u, v, logdet))
+            tokens = (v.flip(1) if self.flips(i) else v).view_as(tokens)
+            outputs.append(tokens)
+            logdets.append(logdet.view_as(tokens))
+        return outputs, logdets, maps
 
     def _rope(self, text_len: int, frames: int, temporal: bool, like: Tensor):
         cfg = self.config
@@ -234,16 +254,9 @@ class WorldFlow(nn.Module):
         """
         b, t = x.shape[:2]
         tokens = self.codec.to_tokens(x)
-        outputs, logdets = [tokens], []
-        cos, sin = self.shallow_rope()
-        for i, block in enumerate(self.shallow_blocks):
-            u = tokens.flatten(0, 1)
-            u = u.flip(1) if self.flips(i) else u
-            v, logdet = block(u, cos, sin)
-            v = v.flip(1) if self.flips(i) else v
-            tokens = v.view_as(tokens)
-            outputs.append(tokens)
-            logdets.append(logdet.view_as(tokens))
+        shallow, logdets, _ = self._shallow_forward(tokens, self.pixel_history(tokens, t))
+        outputs = [tokens, *shallow]
+        tokens = outputs[-1]
         cond = self._frame_cond(actions, b, t)
         v, logdet = self._deep_forward(self.deep_order(tokens), text, cond)
         tokens = self.deep_order(v)
@@ -404,16 +417,15 @@ class WorldFlow(nn.Module):
         cfg = self.config
         b, f = x.shape[:2]
         tokens = self.codec.to_tokens(x)
-        cos, sin = self.shallow_rope()
+        frames = torch.cat([self.codec.to_tokens(state.recent), tokens], dim=1)  # with its pixel past
+        outputs, logdets, maps = self._shallow_forward(tokens, self.pixel_history(frames, f))
         log_scale = x.new_zeros(b, f)
-        for i, block in enumerate(self.shallow_blocks):
-            u = tokens.flatten(0, 1)
-            u = u.flip(1) if self.flips(i) else u
-            v, logdet = block(u, cos, sin)
+        for logdet in logdets:
+            log_scale -= logdet.sum(dim=(2, 3))
+        for i, (u, v, logdet) in enumerate(maps):
             affine = sampling.pack_affine(u, v, torch.exp(-logdet))  # (B F, N, 2c)
             state.prev_affine[i] = affine.unflatten(0, (b, f))[:, -1:]
-            tokens = (v.flip(1) if self.flips(i) else v).view_as(tokens)
-            log_scale -= logdet.view(b, f, -1).sum(-1)
+        tokens = outputs[-1]
         cond = None
         if self.actions is not None:
             if state.frames_in_window and actions is not None and actions.shape[1] == f:
@@ -625,6 +637,16 @@ class WorldFlow(nn.Module):
                 f"{name}: expected shape (B, T, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
             )
         return x.to(self.device, self.dtype)
+
+
+def history_features(frames: Tensor, new: int, lags: int) -> Tensor:
+    """For each token of the last `new` of `frames` (B, F, N, c): the tokens at its place in
+    the `lags` frames before it, each followed by a 1, or zeros where `frames` has no such
+    frame; (B, new, N, lags (c + 1)), the nearest frame first."""
+    b, f, n, c = frames.shape
+    marked = torch.cat([frames, frames.new_ones(b, f, n, 1)], dim=-1)
+    padded = torch.cat([marked.new_zeros(b, lags, n, c + 1), marked], dim=1)
+    return torch.cat([padded[:, lags + f - new - k : lags + f - k] for k in range(1, lags + 1)], dim=-1)
 
 
 def _generator(seed, device) -> torch.Generator | None:

@@ -306,15 +306,19 @@ def next_frame(
     # shallow blocks, last to first, each over a fresh per-frame cache
     u = model.deep_order(u_deep)
     cos, sin = model.shallow_rope()
+    # the recent frames' pixels, u standing in for the new frame's: its history reads before it
+    history = model.pixel_history(torch.cat([model.codec.to_tokens(state.recent), u[:, None]], dim=1), 1)
     for i in reversed(range(len(model.shallow_blocks))):
         block, flip = model.shallow_blocks[i], model.flips(i)
         vi = u.flip(1) if flip else u
+        past = None if history is None else (history.flip(1) if flip else history)
         init = affine_guess(state.prev_affine[i], vi, vi)
         cache = block.new_cache(v.shape[0], n, v)
         first = block.start_token(v.shape[0], v)
 
-        def shallow_step(lo, hi, inputs, block=block, vi=vi, cache=cache):
-            return block.inverse(vi[:, lo:hi], inputs, cos[lo:hi], sin[lo:hi], cache)
+        def shallow_step(lo, hi, inputs, block=block, vi=vi, cache=cache, past=past):
+            h = None if past is None else past[:, lo:hi]
+            return block.inverse(vi[:, lo:hi], inputs, cos[lo:hi], sin[lo:hi], cache, history=h)
 
         ui, a, c = _solve_frame(shallow_step, first, init, cache, sampler, n)
         log_scale += a.log().sum(dim=(1, 2))

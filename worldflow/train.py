@@ -222,12 +222,13 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
 
 
 # weights that start at zero: a source without them leaves them there
-ZERO_STARTED = (".attn.past_proj.", "deep_block.proj_history.")
+ZERO_STARTED = (".attn.past_proj.", ".proj_history.")
 
 
 def _loaded(parts, tensors: dict):
     """Which weights to load: those of `parts`, less the zero-started ones the source has
-    none of (`ModelConfig.past_attention`'s projections, `token_history`'s)."""
+    none of (`ModelConfig.past_attention`'s projections, `token_history`'s and
+    `shallow_history`'s)."""
     absent = [m for m in ZERO_STARTED if not any(m in key for key in tensors)]
     return lambda key: part_of(key) in parts and not any(m in key for m in absent)
 
