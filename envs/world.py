@@ -167,7 +167,8 @@ class DreamWorld:
         self.observation_space = spaces.Box(0, 255, (*cfg.frame_size, cfg.channels), np.uint8)
         self.dims = cfg.dims_per_frame
         self.floor = noise_floor_bits(cfg.noise_std)
-        self.keep = max(cfg.denoiser_window - 1, 0)  # past frames the denoiser sees
+        # past frames the denoiser sees, and the shallow blocks' pixel history
+        self.keep = max(cfg.denoiser_window - 1, cfg.shallow_history, 0)
 
     # ------------------------------------------------------------------ boundary checks
     def check_actions(self, actions, batch: tuple[int, ...], name: str = "action") -> Tensor | None:
@@ -244,10 +245,8 @@ class DreamWorld:
         return x + sigma * eps.to(x.device, x.dtype)
 
     def _trim(self, state: VideoState) -> None:
-        # only the last `keep` frames feed the next denoising: equal lengths let states concatenate
-        state.recent = (
-            state.recent[:, state.recent.shape[1] - self.keep :] if self.keep else state.recent[:, :0]
-        )
+        # only the last `keep` frames feed the next frame: equal lengths let states concatenate
+        state.recent = state.recent[:, max(state.recent.shape[1] - self.keep, 0) :]
 
     @torch.no_grad()
     def begin(

@@ -232,6 +232,22 @@ def test_observe_scores_a_real_frame_like_log_prob(model):
     assert env.step(1)[4]["frame_index"] == 3
 
 
+def test_observe_scores_frames_like_log_prob_with_token_histories():
+    """A model whose shallow blocks read the pixels of as many frames before as the
+    denoiser sees (and whose deep block reads its own history): observing real frames one
+    at a time, past a window slide, scores each as `log_prob` of the whole video does."""
+    model = cartpole_model(past_attention=True, token_history=2, shallow_history=4)
+    env = WorldFlowEnv(model, context_noise=False)
+    gen = torch.Generator().manual_seed(3)
+    frames = torch.randint(0, 256, (11, 16, 16, 3), dtype=torch.uint8, generator=gen)
+    actions = torch.randint(0, 2, (1, 10), generator=gen)
+    env.reset(seed=0, options={"context": frames[:2].numpy(), "actions": actions[0, :1].numpy()})
+    surprises = [env.observe(frames[t].numpy(), int(actions[0, t - 1])) for t in range(2, 11)]
+    lp = model.log_prob(frames[None], actions)
+    expected = lp.bits_per_dim[0, 2:] - noise_floor_bits(model.config.noise_std)
+    np.testing.assert_allclose(surprises, expected.detach().numpy(), rtol=1e-5)
+
+
 def test_observe_continues_from_reality(model):
     real = torch.randint(0, 256, (16, 16, 3), dtype=torch.uint8).numpy()
     a, b = WorldFlowEnv(model), WorldFlowEnv(model)
