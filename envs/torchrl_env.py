@@ -5,7 +5,7 @@ world lives on the env object except the model and the seeding generators of `re
 The env is not batch-locked: one with `batch_size=()` steps TensorDicts of any batch shape.
 
 State layout, under `"state"` (batch-leading, fixed sizes; F = max_frames, N tokens of
-size c a frame, S text tokens, G = denoiser_window - 1):
+size c a frame, S text tokens, G = max(denoiser_window - 1, shallow_history)):
 
 | key            | shape                                  | meaning                                 |
 |----------------|----------------------------------------|-----------------------------------------|
@@ -14,7 +14,7 @@ size c a frame, S text tokens, G = denoiser_window - 1):
 | `cond`         | (*B, F, deep_width)                    | their action embeddings (action models) |
 | `text`         | (*B, S, text_dim)                      | the prompt's embeddings (text models)   |
 | `prev_affine`  | (*B, blocks, N, 2c)                    | last frame's [a, b] per block (Jacobi init)|
-| `recent`       | (*B, G, C, H, W)                       | latest frames for the denoiser, right-aligned |
+| `recent`       | (*B, G, C, H, W)                       | latest frames (denoiser, pixel history)  |
 | `frames`       | (*B,) int64                            | frames in the window (valid prefix)     |
 | `frame_index`  | (*B,) int64                            | frames in the video so far              |
 | `noise_seed`   | (*B,) int64                            | keys the latent noise of every frame    |

@@ -81,7 +81,16 @@ def test_state_in_the_tensordict_determines_the_step(model):
     assert (many["pixels"] == a["pixels"]).all() and torch.allclose(many["reward"], a["reward"].expand(3, 1))
 
 
-def test_serial_env_of_two_matches_the_batched_env_stepwise(model):
+@pytest.fixture(scope="module")
+def history_model():
+    """Attention to the past and both token histories: the state carries the pixel history."""
+    return cartpole_model(max_frames=4, context_frames=2, past_attention=True, token_history=2,
+                          shallow_history=4)
+
+
+@pytest.mark.parametrize("kind", ["model", "history_model"])
+def test_serial_env_of_two_matches_the_batched_env_stepwise(kind, request):
+    model = request.getfixturevalue(kind)
     batched = WorldFlowTorchRLEnv(model, batch_size=(2,), max_episode_steps=6)
     serial = SerialEnv(2, lambda: WorldFlowTorchRLEnv(model, max_episode_steps=6))
     batched.set_seed(3)
