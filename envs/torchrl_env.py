@@ -14,7 +14,7 @@ size c a frame, S text tokens, G = max(denoiser_window - 1, shallow_history)):
 | `cond`         | (*B, F, deep_width)                    | their action embeddings (action models) |
 | `text`         | (*B, S, text_dim)                      | the prompt's embeddings (text models)   |
 | `prev_affine`  | (*B, blocks, N, 2c)                    | last frame's [a, b] per block (Jacobi init)|
-| `recent`       | (*B, G, C, H, W)                       | latest frames (denoiser, pixel history)  |
+| `recent`       | (*B, G, C, H, W)                       | latest frames, right-aligned           |
 | `frames`       | (*B,) int64                            | frames in the window (valid prefix)     |
 | `frame_index`  | (*B,) int64                            | frames in the video so far              |
 | `noise_seed`   | (*B,) int64                            | keys the latent noise of every frame    |
