@@ -252,6 +252,21 @@ def test_init_flow_into_a_model_with_past_attention_starts_exactly_at_the_source
     torch.testing.assert_close(ours, alone, rtol=0, atol=1e-6)
 
 
+def test_init_adds_a_history_beside_a_trained_one(data, tmp_path):
+    """`init=` a model whose deep block reads its token history into one that also gives
+    the shallow blocks a pixel history: the trained deep history is loaded, the new shallow
+    one starts at zero; a source with a history the model lacks is refused, naming it."""
+    _, meta = load_dataset(data)
+    deep_only = {"past_attention": True, "token_history": 2}
+    source = randomize(build_model(config(data, "unused", model=deep_only), meta), seed=2)
+    init = str(source.save_pretrained(tmp_path / "source"))
+    both = build_model(config(data, "unused", init=init, model={"shallow_history": 2}), meta)
+    assert torch.equal(both.deep_block.proj_history.weight, source.deep_block.proj_history.weight)
+    assert all(not block.proj_history.weight.any() for block in both.shallow_blocks)
+    with pytest.raises(wf.CheckpointError, match="unexpected .*proj_history"):
+        build_model(config(data, "unused", init=init, model={"token_history": 0}), meta)
+
+
 def _validation_rows(out: Path) -> list[dict]:
     with open(Path(out) / "log.csv") as f:
         return [r for r in csv.DictReader(f) if r["val_bits_per_dim"]]

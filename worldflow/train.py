@@ -226,11 +226,9 @@ ZERO_STARTED = (".attn.past_proj.", ".proj_history.")
 
 
 def _loaded(parts, tensors: dict):
-    """Which weights to load: those of `parts`, less the zero-started ones the source has
-    none of (`ModelConfig.past_attention`'s projections, `token_history`'s and
-    `shallow_history`'s)."""
-    absent = [m for m in ZERO_STARTED if not any(m in key for key in tensors)]
-    return lambda key: part_of(key) in parts and not any(m in key for m in absent)
+    """Which weights to load: those of `parts`, less the zero-started ones the source lacks
+    (`ModelConfig.past_attention`'s projections, `token_history`'s, `shallow_history`'s)."""
+    return lambda key: part_of(key) in parts and (key in tensors or not any(m in key for m in ZERO_STARTED))
 
 
 def _load_flow(model: WorldFlow, name: str) -> None:
