@@ -84,7 +84,7 @@ def test_state_in_the_tensordict_determines_the_step(model):
 @pytest.fixture(scope="module")
 def history_model():
     """Attention to the past and both token histories: the state carries the pixel history."""
-    return cartpole_model(max_frames=4, context_frames=2, past_attention=True, token_history=2,
+    return cartpole_model(max_frames=4, context_frames=2, past_attention=True, deep_history=2,
                           shallow_history=4)
 
 

@@ -13,7 +13,7 @@ TIGHT = SamplerConfig("jacobi", threshold=1e-12)
 
 
 @pytest.fixture(
-    params=[{}, {"past_attention": True}, {"past_attention": True, "token_history": 2, "shallow_history": 2}],
+    params=[{}, {"past_attention": True}, {"past_attention": True, "deep_history": 2, "shallow_history": 2}],
     ids=["", "past_attention", "history"],
 )
 def tiny(request):
@@ -235,7 +235,7 @@ def test_past_attention_at_init_scores_each_frame_alone(history):
     projections trained, the past counts."""
     image = build(seed=6, num_actions=2, max_frames=1, context_frames=0)
     video_model = wf.WorldFlow.from_preset(
-        "tiny", num_actions=2, past_attention=True, token_history=history, shallow_history=history
+        "tiny", num_actions=2, past_attention=True, deep_history=history, shallow_history=history
     ).eval()
     missing = video_model.load_state_dict(image.state_dict(), strict=False).missing_keys
     assert missing and all(".attn.past_proj." in key or ".proj_history." in key for key in missing)
@@ -259,7 +259,7 @@ def test_token_histories_make_a_markov_model_of_their_order(deep, shallow):
     K frames before is Markov: frame t's score depends on frames t-K .. t-1 and not on
     earlier ones. K is the deep history plus the shallow one, as the deep block's history
     holds shallow outputs, which read their own pixel history (8 frames: one window)."""
-    model = build(seed=4, num_actions=2, past_attention=True, token_history=deep, shallow_history=shallow)
+    model = build(seed=4, num_actions=2, past_attention=True, deep_history=deep, shallow_history=shallow)
     with torch.no_grad():
         for layer in model.deep_block.transformer.layers:
             layer.attn.past_proj.weight.zero_()

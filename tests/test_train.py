@@ -239,7 +239,7 @@ def test_init_flow_into_a_model_with_past_attention_starts_exactly_at_the_source
     image.save_pretrained(tmp_path / "image_model")
     _, meta = load_dataset(data)
     cfg = config(data, "unused", init=str(short_run / "model"), init_flow=str(tmp_path / "image_model"),
-                 model={"past_attention": True, "token_history": 2, "shallow_history": 2})
+                 model={"past_attention": True, "deep_history": 2, "shallow_history": 2})
     video = build_model(cfg, meta).eval()
     projections = [layer.attn.past_proj.weight for layer in video.deep_block.transformer.layers]
     projections += [block.proj_history.weight for block in [*video.shallow_blocks, video.deep_block]]
@@ -257,14 +257,14 @@ def test_init_adds_a_history_beside_a_trained_one(data, tmp_path):
     the shallow blocks a pixel history: the trained deep history is loaded, the new shallow
     one starts at zero; a source with a history the model lacks is refused, naming it."""
     _, meta = load_dataset(data)
-    deep_only = {"past_attention": True, "token_history": 2}
+    deep_only = {"past_attention": True, "deep_history": 2}
     source = randomize(build_model(config(data, "unused", model=deep_only), meta), seed=2)
     init = str(source.save_pretrained(tmp_path / "source"))
     both = build_model(config(data, "unused", init=init, model={"shallow_history": 2}), meta)
     assert torch.equal(both.deep_block.proj_history.weight, source.deep_block.proj_history.weight)
     assert all(not block.proj_history.weight.any() for block in both.shallow_blocks)
     with pytest.raises(wf.CheckpointError, match="unexpected .*proj_history"):
-        build_model(config(data, "unused", init=init, model={"token_history": 0}), meta)
+        build_model(config(data, "unused", init=init, model={"deep_history": 0}), meta)
 
 
 def _validation_rows(out: Path) -> list[dict]:

@@ -46,11 +46,11 @@ class ModelConfig:
     # init a model without text scores each frame alone (a video model started from a
     # frame-independent one with `init_flow=` then starts exactly where that one is)
     past_attention: bool = False
-    # each deep-block token also reads the tokens at its own place in the `token_history`
+    # each deep-block token also reads the tokens at its own place in the `deep_history`
     # frames before it in the attention window (a window's first frame has none), through
     # a projection that starts at zero: "what was here a frame ago", without a search by
     # attention; with `past_attention` a model still starts exactly at its `init_flow=`
-    token_history: int = 0
+    deep_history: int = 0
     # each shallow-block token also reads the pixels at its place in the `shallow_history`
     # frames before it (the video's, not the window's: at most `denoiser_window`, whose
     # frames generation keeps), through a projection that starts at zero: the shallow
@@ -143,10 +143,10 @@ class ModelConfig:
                 f"max_frames / context_frames: expected max_frames >= 1 and 0 <= context_frames < "
                 f"max_frames, got {self.max_frames} / {self.context_frames}"
             )
-        if not 0 <= self.token_history < self.max_frames:
+        if not 0 <= self.deep_history < self.max_frames:
             raise ConfigError(
-                f"token_history: expected 0 <= token_history < max_frames={self.max_frames}, "
-                f"got {self.token_history}"
+                f"deep_history: expected 0 <= deep_history < max_frames={self.max_frames}, "
+                f"got {self.deep_history}"
             )
         if not 0 <= self.shallow_history <= self.denoiser_window:
             raise ConfigError(

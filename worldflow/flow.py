@@ -49,7 +49,7 @@ class FlowBlock(nn.Module):
     previous frame's last token, and earlier frames are reached only through each layer's
     separate attention to them — while its projection is zero, each frame is scored alone.
 
-    `history_dim > 0` (`ModelConfig.token_history` for the deep block, `shallow_history`
+    `history_dim > 0` (`ModelConfig.deep_history` for the deep block, `shallow_history`
     for the shallow ones): each slot also reads `history` (B, L, history_dim), the tokens
     at its own place in the frames before it, through `proj_history`, which starts at zero.
     """

@@ -62,7 +62,7 @@ class WorldFlow(nn.Module):
         self.deep_block = FlowBlock(
             c, cfg.deep_width, cfg.deep_depth, cfg.head_dim, text_dim=cfg.text_dim, soft_clip=cfg.soft_clip,
             frame_tokens=cfg.tokens_per_frame if cfg.past_attention else None, text_len=cfg.text_len,
-            history_dim=cfg.token_history * (c + 1),
+            history_dim=cfg.deep_history * (c + 1),
         )
         self.actions = (
             ActionEmbedding(cfg.deep_width, cfg.num_actions, cfg.action_dim) if cfg.has_actions else None
@@ -114,14 +114,14 @@ class WorldFlow(nn.Module):
         """Natural <-> deep-block token order within frames, (..., N, c) (an involution)."""
         return tokens.flip(-2) if self.flips(self.config.shallow_blocks) else tokens
 
-    def token_history(self, window: Tensor, new: int) -> Tensor | None:
+    def deep_history(self, window: Tensor, new: int) -> Tensor | None:
         """What the last `new` frames of a window's deep-block inputs `window` (B, F, N, c)
-        read of their past (`ModelConfig.token_history`), (B, new * N, K (c + 1)) in slot
+        read of their past (`ModelConfig.deep_history`), (B, new * N, K (c + 1)) in slot
         order (`history_features`), or None."""
-        lags = self.config.token_history
+        lags = self.config.deep_history
         return history_features(window, new, lags).flatten(1, 2) if lags else None
 
-    def pixel_history(self, frames: Tensor, new: int) -> Tensor | None:
+    def shallow_history(self, frames: Tensor, new: int) -> Tensor | None:
         """What the shallow blocks read of the last `new` of `frames`' (B, F, N, c) pixel
         tokens' past (`ModelConfig.shallow_history`), (B new, N, K (c + 1)) in natural
         order (`history_features`), or None."""
@@ -254,7 +254,7 @@ class WorldFlow(nn.Module):
         """
         b, t = x.shape[:2]
         tokens = self.codec.to_tokens(x)
-        shallow, logdets, _ = self._shallow_forward(tokens, self.pixel_history(tokens, t))
+        shallow, logdets, _ = self._shallow_forward(tokens, self.shallow_history(tokens, t))
         outputs = [tokens, *shallow]
         tokens = outputs[-1]
         cond = self._frame_cond(actions, b, t)
@@ -281,7 +281,7 @@ class WorldFlow(nn.Module):
                 seg_cond[:, 0] = self.actions.null
                 seg_cond = seg_cond.repeat_interleave(n, dim=1)
             cos, sin = self.deep_rope(hi - lo, text_len)
-            history = self.token_history(u[:, lo:hi], hi - lo)
+            history = self.deep_history(u[:, lo:hi], hi - lo)
             v, logdet = self.deep_block(u[:, lo:hi].flatten(1, 2), cos, sin, text, seg_cond, history)
             new = start - lo
             outs.append(v.view(b, hi - lo, n, c)[:, new:])
@@ -418,7 +418,7 @@ class WorldFlow(nn.Module):
         b, f = x.shape[:2]
         tokens = self.codec.to_tokens(x)
         frames = torch.cat([self.codec.to_tokens(state.recent), tokens], dim=1)  # with its pixel past
-        outputs, logdets, maps = self._shallow_forward(tokens, self.pixel_history(frames, f))
+        outputs, logdets, maps = self._shallow_forward(tokens, self.shallow_history(frames, f))
         log_scale = x.new_zeros(b, f)
         for logdet in logdets:
             log_scale -= logdet.sum(dim=(2, 3))

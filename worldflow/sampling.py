@@ -227,7 +227,7 @@ def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None)
     rows = slice(text_len + f0 * n, text_len + f1 * n)
     slot_cond = None if cond is None else cond.repeat_interleave(n, dim=1)
     window = torch.cat([state.tokens, tokens], dim=1)
-    history = model.token_history(window, tokens.shape[1])
+    history = model.deep_history(window, tokens.shape[1])
     b, a = model.deep_block.inverse(
         torch.zeros_like(seq), inputs, cos[rows], sin[rows], state.cache, slot_cond, state.guidance, history
     )
@@ -286,7 +286,7 @@ def next_frame(
     first = model.deep_block.first_input(state.tokens[:, -1, -1:] if f else None, v)
     init = affine_guess(state.prev_affine[-1], v_deep, state.tokens[:, -1] if f else v_deep)
     # v_deep only stands in for the new frame: its history reads the frames before it
-    history = model.token_history(torch.cat([state.tokens, v_deep[:, None]], dim=1), 1)
+    history = model.deep_history(torch.cat([state.tokens, v_deep[:, None]], dim=1), 1)
 
     def deep_step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
         c = None if slot_cond is None else slot_cond[:, lo:hi]
@@ -307,7 +307,7 @@ def next_frame(
     u = model.deep_order(u_deep)
     cos, sin = model.shallow_rope()
     # the recent frames' pixels, u standing in for the new frame's: its history reads before it
-    history = model.pixel_history(torch.cat([model.codec.to_tokens(state.recent), u[:, None]], dim=1), 1)
+    history = model.shallow_history(torch.cat([model.codec.to_tokens(state.recent), u[:, None]], dim=1), 1)
     for i in reversed(range(len(model.shallow_blocks))):
         block, flip = model.shallow_blocks[i], model.flips(i)
         vi = u.flip(1) if flip else u

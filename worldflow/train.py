@@ -227,7 +227,7 @@ ZERO_STARTED = (".attn.past_proj.", ".proj_history.")
 
 def _loaded(parts, tensors: dict):
     """Which weights to load: those of `parts`, less the zero-started ones the source lacks
-    (`ModelConfig.past_attention`'s projections, `token_history`'s, `shallow_history`'s)."""
+    (`ModelConfig.past_attention`'s projections, `deep_history`'s, `shallow_history`'s)."""
     return lambda key: part_of(key) in parts and (key in tensors or not any(m in key for m in ZERO_STARTED))
 
 
