@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .nn import Transformer
+from .nn import Transformer, zero_linear
 
 
 def denoiser_mask(text_len: int, frames: int, tokens: int, window: int, lookahead: int, device=None):
@@ -57,9 +57,7 @@ class Denoiser(nn.Module):
         self.proj_in = nn.Linear(token_dim, width)
         self.proj_txt = nn.Linear(text_dim, width) if text_dim else None
         self.transformer = Transformer(width, depth, head_dim)
-        self.proj_out = nn.Linear(width, token_dim)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        self.proj_out = zero_linear(width, token_dim)
 
     def forward(self, tokens: Tensor, cos: Tensor, sin: Tensor, text: Tensor | None = None) -> Tensor:
         b, t, n, _ = tokens.shape

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kv_cache import KVCache
-from .nn import Transformer
+from .nn import Transformer, zero_linear
 
 LOG_E_MINUS_1 = math.log(math.e - 1)
 
@@ -72,14 +72,9 @@ class FlowBlock(nn.Module):
         self.sos = nn.Parameter(torch.randn(1, 1, token_dim) * 0.02)
         self.proj_in = nn.Linear(token_dim, width)
         self.proj_txt = nn.Linear(text_dim, width) if text_dim else None
-        self.proj_history = nn.Linear(history_dim, width) if history_dim else None
-        if history_dim:
-            nn.init.zeros_(self.proj_history.weight)
-            nn.init.zeros_(self.proj_history.bias)
+        self.proj_history = zero_linear(history_dim, width) if history_dim else None
         self.transformer = Transformer(width, depth, head_dim, frame_tokens, text_len)
-        self.proj_out = nn.Linear(width, 2 * token_dim)
-        nn.init.zeros_(self.proj_out.weight)  # start as the identity map (TARFlow)
-        nn.init.zeros_(self.proj_out.bias)
+        self.proj_out = zero_linear(width, 2 * token_dim)  # start as the identity map (TARFlow)
 
     @property
     def heads(self) -> int:

@@ -114,19 +114,22 @@ class WorldFlow(nn.Module):
         """Natural <-> deep-block token order within frames, (..., N, c) (an involution)."""
         return tokens.flip(-2) if self.flips(self.config.shallow_blocks) else tokens
 
-    def deep_history(self, window: Tensor, new: int) -> Tensor | None:
-        """What the last `new` frames of a window's deep-block inputs `window` (B, F, N, c)
-        read of their past (`ModelConfig.deep_history`), (B, new * N, K (c + 1)) in slot
-        order (`history_features`), or None."""
+    def deep_history(self, earlier: Tensor, new: Tensor) -> Tensor | None:
+        """What the deep-block inputs `new` (B, F, N, c) read of their past
+        (`ModelConfig.deep_history`), `earlier` (B, F0, N, c) being the window's frames
+        before them: (B, F N, K (c + 1)) in slot order (`history_features`), or None."""
         lags = self.config.deep_history
-        return history_features(window, new, lags).flatten(1, 2) if lags else None
+        return history_features(earlier[:, -lags:], new, lags).flatten(1, 2) if lags else None
 
-    def shallow_history(self, frames: Tensor, new: int) -> Tensor | None:
-        """What the shallow blocks read of the last `new` of `frames`' (B, F, N, c) pixel
-        tokens' past (`ModelConfig.shallow_history`), (B new, N, K (c + 1)) in natural
-        order (`history_features`), or None."""
+    def shallow_history(self, recent: Tensor, new: Tensor) -> Tensor | None:
+        """What the shallow blocks read of the pixel tokens `new` (B, F, N, c)'s past
+        (`ModelConfig.shallow_history`), `recent` (B, G, C, H, W) being the video's frames
+        before them: (B F, N, K (c + 1)) in natural order (`history_features`), or None."""
         lags = self.config.shallow_history
-        return history_features(frames, new, lags).flatten(0, 1) if lags else None
+        if not lags:
+            return None
+        earlier = self.codec.to_tokens(recent[:, max(recent.shape[1] - lags, 0) :])
+        return history_features(earlier, new, lags).flatten(0, 1)
 
     def _shallow_forward(self, tokens: Tensor, history: Tensor | None):
         """Shallow blocks over pixel tokens (B, F, N, c), each frame alone (with its pixel
@@ -254,7 +257,7 @@ class WorldFlow(nn.Module):
         """
         b, t = x.shape[:2]
         tokens = self.codec.to_tokens(x)
-        shallow, logdets, _ = self._shallow_forward(tokens, self.shallow_history(tokens, t))
+        shallow, logdets, _ = self._shallow_forward(tokens, self.shallow_history(x[:, :0], tokens))
         outputs = [tokens, *shallow]
         tokens = outputs[-1]
         cond = self._frame_cond(actions, b, t)
@@ -281,7 +284,7 @@ class WorldFlow(nn.Module):
                 seg_cond[:, 0] = self.actions.null
                 seg_cond = seg_cond.repeat_interleave(n, dim=1)
             cos, sin = self.deep_rope(hi - lo, text_len)
-            history = self.deep_history(u[:, lo:hi], hi - lo)
+            history = self.deep_history(u[:, lo:lo], u[:, lo:hi])
             v, logdet = self.deep_block(u[:, lo:hi].flatten(1, 2), cos, sin, text, seg_cond, history)
             new = start - lo
             outs.append(v.view(b, hi - lo, n, c)[:, new:])
@@ -417,14 +420,12 @@ class WorldFlow(nn.Module):
         cfg = self.config
         b, f = x.shape[:2]
         tokens = self.codec.to_tokens(x)
-        frames = torch.cat([self.codec.to_tokens(state.recent), tokens], dim=1)  # with its pixel past
-        outputs, logdets, maps = self._shallow_forward(tokens, self.shallow_history(frames, f))
+        outputs, _, maps = self._shallow_forward(tokens, self.shallow_history(state.recent, tokens))
         log_scale = x.new_zeros(b, f)
-        for logdet in logdets:
-            log_scale -= logdet.sum(dim=(2, 3))
         for i, (u, v, logdet) in enumerate(maps):
             affine = sampling.pack_affine(u, v, torch.exp(-logdet))  # (B F, N, 2c)
             state.prev_affine[i] = affine.unflatten(0, (b, f))[:, -1:]
+            log_scale -= logdet.view(b, f, -1).sum(-1)
         tokens = outputs[-1]
         cond = None
         if self.actions is not None:
@@ -639,14 +640,16 @@ class WorldFlow(nn.Module):
         return x.to(self.device, self.dtype)
 
 
-def history_features(frames: Tensor, new: int, lags: int) -> Tensor:
-    """For each token of the last `new` of `frames` (B, F, N, c): the tokens at its place in
-    the `lags` frames before it, each followed by a 1, or zeros where `frames` has no such
-    frame; (B, new, N, lags (c + 1)), the nearest frame first."""
+def history_features(earlier: Tensor, new: Tensor, lags: int) -> Tensor:
+    """For each token of the frames `new` (B, F, N, c), which follow the frames `earlier`
+    (B, F0, N, c): the tokens at its place in the `lags` frames before it, each followed by
+    a 1, or zeros where there is no such frame; (B, F, N, lags (c + 1)), the nearest first."""
+    frames = torch.cat([earlier, new], dim=1)
     b, f, n, c = frames.shape
     marked = torch.cat([frames, frames.new_ones(b, f, n, 1)], dim=-1)
     padded = torch.cat([marked.new_zeros(b, lags, n, c + 1), marked], dim=1)
-    return torch.cat([padded[:, lags + f - new - k : lags + f - k] for k in range(1, lags + 1)], dim=-1)
+    start = lags + earlier.shape[1]  # the first new frame, in padded
+    return torch.cat([padded[:, start - k : lags + f - k] for k in range(1, lags + 1)], dim=-1)
 
 
 def _generator(seed, device) -> torch.Generator | None:

@@ -103,6 +103,14 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- layers
+def zero_linear(d_in: int, d_out: int) -> nn.Linear:
+    """A linear layer that starts at zero: whatever it feeds is unchanged until it learns."""
+    layer = nn.Linear(d_in, d_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class RMSNorm(nn.Module):
     """h * rsqrt(mean(h^2) + eps) * (1 + weight), in at least float32."""
 
@@ -183,10 +191,7 @@ class SelfAttention(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
-        self.past_proj = nn.Linear(width, width) if reads_past else None
-        if reads_past:
-            nn.init.zeros_(self.past_proj.weight)
-            nn.init.zeros_(self.past_proj.bias)
+        self.past_proj = zero_linear(width, width) if reads_past else None
 
     def forward(
         self,

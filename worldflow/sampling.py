@@ -226,12 +226,11 @@ def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None)
     cos, sin = model.deep_rope(f1, text_len)
     rows = slice(text_len + f0 * n, text_len + f1 * n)
     slot_cond = None if cond is None else cond.repeat_interleave(n, dim=1)
-    window = torch.cat([state.tokens, tokens], dim=1)
-    history = model.deep_history(window, tokens.shape[1])
+    history = model.deep_history(state.tokens, tokens)
     b, a = model.deep_block.inverse(
         torch.zeros_like(seq), inputs, cos[rows], sin[rows], state.cache, slot_cond, state.guidance, history
     )
-    state.tokens = window
+    state.tokens = torch.cat([state.tokens, tokens], dim=1)
     if state.cond is not None:
         state.cond = torch.cat([state.cond, cond], dim=1)
     return ((seq - b) / a).view_as(tokens), a.log().view_as(tokens)
@@ -286,7 +285,7 @@ def next_frame(
     first = model.deep_block.first_input(state.tokens[:, -1, -1:] if f else None, v)
     init = affine_guess(state.prev_affine[-1], v_deep, state.tokens[:, -1] if f else v_deep)
     # v_deep only stands in for the new frame: its history reads the frames before it
-    history = model.deep_history(torch.cat([state.tokens, v_deep[:, None]], dim=1), 1)
+    history = model.deep_history(state.tokens, v_deep[:, None])
 
     def deep_step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
         c = None if slot_cond is None else slot_cond[:, lo:hi]
@@ -306,8 +305,8 @@ def next_frame(
     # shallow blocks, last to first, each over a fresh per-frame cache
     u = model.deep_order(u_deep)
     cos, sin = model.shallow_rope()
-    # the recent frames' pixels, u standing in for the new frame's: its history reads before it
-    history = model.shallow_history(torch.cat([model.codec.to_tokens(state.recent), u[:, None]], dim=1), 1)
+    # u only stands in for the new frame's pixels: its history reads the recent frames
+    history = model.shallow_history(state.recent, u[:, None])
     for i in reversed(range(len(model.shallow_blocks))):
         block, flip = model.shallow_blocks[i], model.flips(i)
         vi = u.flip(1) if flip else u
