@@ -36,6 +36,7 @@ from worldflow.train import (
     heads_losses,
     load_checkpoint,
     lr_factor,
+    make_optimizers,
     noise_floor_bits,
     run,
     sample_batch,
@@ -267,6 +268,33 @@ def test_init_adds_a_history_beside_a_trained_one(data, tmp_path):
         build_model(config(data, "unused", init=init, model={"deep_history": 0}), meta)
 
 
+def test_new_lr_moves_only_the_zero_started_weights_faster(data, tmp_path):
+    """Adam's first step moves every weight by its group's rate (|g| >> eps): with
+    `new_lr`, past attention's and the histories' projections move by new_lr, the rest of
+    the flow by lr; bad values are refused before anything runs."""
+    _, meta = load_dataset(data)
+    cfg = config(data, "unused", lr=1e-5, new_lr=1e-2,
+                 model={"past_attention": True, "deep_history": 1, "shallow_history": 1})
+    model = build_model(cfg, meta)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = make_optimizers(model, replace(cfg, train_parts=["flow"]))["flow"]
+    generator = torch.Generator().manual_seed(0)
+    for p in model.parameters():  # |g| >= 1, either sign
+        sign = torch.randint(2, p.shape, generator=generator) * 2 - 1
+        p.grad = sign * (1 + torch.rand(p.shape, generator=generator)) if p.requires_grad else None
+    optimizer.step()
+    moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters() if p.requires_grad}
+    new = [n for n in moved if ".past_proj." in n or ".proj_history." in n]
+    layers = len(model.deep_block.transformer.layers)
+    assert len(new) == 2 * (layers + 1 + len(model.shallow_blocks))  # weights and biases
+    for name, step in moved.items():
+        torch.testing.assert_close(step, torch.full_like(step, 1e-2 if name in new else 1e-5),
+                                   rtol=1e-3, atol=1e-9 if name in new else 1e-8, msg=name)
+    with pytest.raises(wf.ConfigError, match="new_lr: expected a positive number or null, got 0"):
+        run(config(data, tmp_path / "bad", new_lr=0.0))
+    assert not (tmp_path / "bad").exists()
+
+
 def _validation_rows(out: Path) -> list[dict]:
     with open(Path(out) / "log.csv") as f:
         return [r for r in csv.DictReader(f) if r["val_bits_per_dim"]]
@@ -311,11 +339,13 @@ def test_twenty_steps_lower_the_validation_loss(data, tmp_path):
     assert any((out / "tb").iterdir())
 
 
-@pytest.mark.parametrize("ema_decay", [None, 0.9])
-def test_resume_continues_exactly(data, tmp_path, ema_decay):
+@pytest.mark.parametrize("ema_decay, changes", [
+    (None, {}), (0.9, {}), (None, {"new_lr": 1e-2, "model": {"past_attention": True}})])
+def test_resume_continues_exactly(data, tmp_path, ema_decay, changes):
     """6 steps straight == 3 steps, resume, 3 steps: every tensor bit-identical (with a
-    weight average, it too, and the model/ it writes)."""
-    straight = config(data, tmp_path / "straight", lr_decay_steps=6, ema_decay=ema_decay)
+    weight average, it too, and the model/ it writes; with `new_lr`, its third group)."""
+    straight = config(data, tmp_path / "straight", lr_decay_steps=6, ema_decay=ema_decay,
+                      **changes)
     run(straight)
     split = replace(straight, out=str(tmp_path / "split"))
     run(replace(split, steps=3))

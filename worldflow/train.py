@@ -30,7 +30,9 @@ only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are 
 per-frame shallow blocks, which then run without building a graph.
 Its optimizers start afresh, and their warmup to the peak first moves the model off what it
 knew, so a continuation wants a lower `lr` than a first run (the README has CartPole's
-figures).
+figures). Weights a continuation adds start at zero (past attention's and the histories'
+projections, `ZERO_STARTED`); `new_lr=` gives them a peak rate of their own, so that they
+can grow while the trained weights move slowly.
 `init_flow=` takes the flow from another model of the same shape: a video model can start
 from a frame-independent one (`max_frames=1`), as STARFlow-V starts from an image model.
 Such a model never saw an action, so the action rows start as its null embedding and the
@@ -111,6 +113,8 @@ class TrainConfig:
     clip_len: int = 8  # frames per training clip
     val_fraction: float = 0.1  # fraction of episodes held out
     lr: float = 3e-4  # flow peak learning rate
+    new_lr: float | None = None  # peak learning rate of the zero-started weights (past
+    # attention's and the histories' projections, ZERO_STARTED); None: lr
     denoiser_lr: float = 3e-4
     heads_lr: float = 1e-3
     warmup_steps: int = 100  # linear warmup from lr / warmup_steps
@@ -246,22 +250,26 @@ def _load_flow(model: WorldFlow, name: str) -> None:
 
 def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.AdamW]:
     """AdamW for each trained part (flow, denoiser, heads); weight decay on matrices only.
-    Parameters of the other parts (and of an untrained half of the flow) stop requiring
-    gradients."""
-    params = {part: ([], []) for part in optimizer_parts(cfg.train_parts)}
+    With `cfg.new_lr`, the flow's zero-started weights form a third group at that rate
+    (no weight decay: they start at zero). Parameters of the other parts (and of an
+    untrained half of the flow) stop requiring gradients."""
+    params = {part: ([], [], []) for part in optimizer_parts(cfg.train_parts)}
     pieces = trained_pieces(cfg.train_parts)
     for name, p in model.named_parameters():
         trained = piece_of(name) in pieces
         p.requires_grad_(trained)
         if trained:
-            params[part_of(name)][p.dim() < 2].append(p)
+            new = cfg.new_lr is not None and any(m in name for m in ZERO_STARTED)
+            params[part_of(name)][2 if new else int(p.dim() < 2)].append(p)
     lrs = {"flow": cfg.lr, "denoiser": cfg.denoiser_lr, "heads": cfg.heads_lr}
-    return {
-        part: torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}], lr=lrs[part])
-        for part, (decay, no_decay) in params.items()
-    }
+    optimizers = {}
+    for part, (decay, no_decay, new) in params.items():
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if new:
+            groups.append({"params": new, "weight_decay": 0.0, "lr": cfg.new_lr})
+        optimizers[part] = torch.optim.AdamW(groups, lr=lrs[part])
+    return optimizers
 
 
 def lr_factor(step: int, warmup: int, horizon: int, floor: float) -> float:
@@ -644,6 +652,8 @@ def check_config(cfg: TrainConfig, world: int) -> None:
     if not 0.0 <= cfg.heads_terminal_fraction <= 1.0:
         raise ConfigError(f"heads_terminal_fraction: expected a number in [0, 1], "
                           f"got {cfg.heads_terminal_fraction}")
+    if cfg.new_lr is not None and not cfg.new_lr > 0.0:
+        raise ConfigError(f"new_lr: expected a positive number or null, got {cfg.new_lr}")
     if cfg.ema_decay is not None and not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"ema_decay: expected a number in [0, 1) or null, got {cfg.ema_decay}")
     if cfg.ema_decay is not None and cfg.fsdp:
