@@ -25,7 +25,12 @@ the `mixed` policy (long balanced runs and short failing ones, so terminations o
    (pixels off the background, as in 5) and over the background, and the same with each
    frame scored alone, as a one-frame video under the same noise: what the past buys.
    Constant background pixels cost an ideal model nothing; the foreground is where the
-   past can help.
+   past can help. The same split per pixel position, averaged over frames >= 1, is the
+   excess map (bits a frame at each pixel, its channels summed): `excess_top_pixels`
+   gives the share of the excess carried by the 1% of positions that carry the most, and
+   the positions themselves; `--excess_map PATH` draws the map of the model, the
+   baseline and their difference on one colour scale, with the patch grid (a flow's
+   cost can gather at one place of its patches).
 2. Reader check: `read_cartpole_state` on the real frames against the true state
    (position in model pixels via `cartpole_pixels_per_unit`, angle in degrees).
 3. Dynamics: from `context` real frames and the real actions, `horizons` frames are
@@ -70,6 +75,7 @@ import math
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,6 +109,7 @@ class Args:
     starts_per_episode: int = 2  # evenly spaced over the valid starts
     batch: int = 8  # starts generated at once (a tqdm step)
     fg_threshold: int = 16  # uint8 difference from the background that counts as foreground
+    excess_map: str = ""  # e.g. benchmarks/results/likelihood_excess.png: where the excess lies
     threads: int = 1
     out: str = ""  # e.g. benchmarks/results/likelihood.json
 
@@ -130,7 +137,7 @@ def _abs_errors(frames: torch.Tensor, x_true: torch.Tensor, theta_true: torch.Te
 def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, background, threshold) -> dict:
     """bits/dim (noise=True) pooled over all frames and over frames >= 1; the excess of
     frames >= 1 split between foreground and background pixels (`LogProb.dim_bits`)."""
-    bits, fg_dims = [], []
+    bits, fg_dims, maps = [], [], []
     split = {"foreground": [], "background": [], "foreground_without_past": [], "background_without_past": []}
     use_actions = model.config.has_actions
     floor = noise_floor_bits(model.config.noise_std)
@@ -147,9 +154,11 @@ def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, backgr
             excess = (dim_bits - floor).double()  # (T - 1, C, H, W)
             split["foreground" + suffix].append((excess * fg).sum(dim=(1, 2, 3)))
             split["background" + suffix].append((excess * ~fg).sum(dim=(1, 2, 3)))
+        maps.append((lp.dim_bits[0, 1:] - floor).double().sum(dim=1))  # (T - 1, H, W)
     all_frames = torch.cat(bits).double().mean().item()
     later = torch.cat([b[1:] for b in bits]).double().mean().item()
     first = torch.stack([b[0] for b in bits]).double().mean().item()
+    excess_map = torch.cat(maps).mean(0)  # (H, W) bits a frame at each pixel
     return {
         "bits_per_dim_all_frames": all_frames,
         "bits_per_dim_frames_from_1": later,
@@ -161,8 +170,53 @@ def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, backgr
             **{key: _num(torch.cat(parts).mean().item(), 1) for key, parts in split.items()},
             "foreground_dims": _num(torch.cat(fg_dims).mean().item(), 1),
         },
+        "excess_top_pixels": top_pixels(excess_map),
         "frames": int(sum(b.numel() for b in bits)),
+    }, excess_map
+
+
+def top_pixels(excess_map: torch.Tensor, fraction: float = 0.01) -> dict:
+    """The share of a frame's excess on the `fraction` of pixel positions that carry the
+    most, and those positions as [row, column], most first."""
+    flat = excess_map.flatten()
+    count = max(1, round(fraction * flat.numel()))
+    top = flat.topk(count).indices
+    width = excess_map.shape[1]
+    return {
+        "pixels": count,
+        "share": _num((flat[top].sum() / flat.sum()).item(), 3),
+        "bits_per_frame": _num(flat[top].sum().item(), 1),
+        "where": [[int(i) // width, int(i) % width] for i in top],
     }
+
+
+def plot_excess_maps(path: str, maps: dict, patch: int) -> None:
+    """The excess maps side by side on one colour scale, and the first minus the second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(maps)
+    panels = [(f"{name}: {m.sum():.1f} bits a frame", m) for name, m in maps.items()]
+    if len(names) == 2:
+        diff = maps[names[0]] - maps[names[1]]
+        panels.append((f"difference: {diff.sum():+.1f}", diff))
+    bound = max(float(m.abs().max()) for _, m in panels) or 1.0
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.2 * len(panels)), squeeze=False)
+    for ax, (title, m) in zip(axes[:, 0], panels):
+        shown = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound)
+        ax.set_xticks(np.arange(-0.5, m.shape[1], patch), minor=True)
+        ax.set_yticks(np.arange(-0.5, m.shape[0], patch), minor=True)
+        ax.grid(which="minor", color="gray", lw=0.3)
+        ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(shown, ax=ax, fraction=0.02)
+    fig.suptitle("excess above the noise floor at each pixel, frames >= 1 (bits a frame)", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def frame_information(episodes: list, dims_per_frame: int) -> dict:
@@ -417,14 +471,17 @@ def run(args: Args) -> dict:
 
     t0 = time.perf_counter()
     background = torch.cat([ep["frames"] for ep in episodes]).median(0).values  # (H, W, 3)
-    lik = likelihood(model, episodes, args.seed, "log_prob model", background, args.fg_threshold)
+    lik, excess_map = likelihood(model, episodes, args.seed, "log_prob model", background, args.fg_threshold)
+    maps = {"model": excess_map}
     if args.baseline:
         base = wf.WorldFlow.from_pretrained(args.baseline)
         if tuple(base.config.frame_size) != tuple(cfg.frame_size):
             raise ValueError(
                 f"baseline: expected frames of {list(cfg.frame_size)}, got {list(base.config.frame_size)}"
             )
-        base_lik = likelihood(base, episodes, args.seed, "log_prob baseline", background, args.fg_threshold)
+        base_lik, maps["baseline"] = likelihood(
+            base, episodes, args.seed, "log_prob baseline", background, args.fg_threshold
+        )
         lik["baseline"] = base_lik
         lik["excess_reduction_all_frames"] = 1 - lik["excess_all_frames"] / base_lik["excess_all_frames"]
         lik["excess_reduction_frames_from_1"] = (
@@ -440,6 +497,8 @@ def run(args: Args) -> dict:
     lik = {k: (_num(v) if isinstance(v, float) else v) for k, v in lik.items()}
     if "baseline" in lik:
         lik["baseline"] = {k: (_num(v) if isinstance(v, float) else v) for k, v in lik["baseline"].items()}
+    if args.excess_map:
+        plot_excess_maps(args.excess_map, maps, cfg.patch_size)
     t_lik = time.perf_counter() - t0
 
     reader = reader_check(episodes, geometry)
@@ -464,6 +523,7 @@ def run(args: Args) -> dict:
         "episode_frames": {"total": sum(lengths), "min": min(lengths), "max": max(lengths)},
         "context": args.context,
         "likelihood": lik,
+        "excess_map": args.excess_map or None,
         "reader": reader,
         "dynamics": dyn,
         "action_control": control,

@@ -35,7 +35,7 @@ def cartpole_dir(tmp_path):
     return str(model.save_pretrained(tmp_path / "model"))
 
 
-def test_likelihood_benchmark_smoke(cartpole_dir):
+def test_likelihood_benchmark_smoke(cartpole_dir, tmp_path):
     bench = load_script("likelihood")
     args = bench.Args(
         model=cartpole_dir,
@@ -50,6 +50,7 @@ def test_likelihood_benchmark_smoke(cartpole_dir):
         starts_per_episode=1,
         batch=2,
         termination_episodes=1,
+        excess_map=str(tmp_path / "maps" / "excess.png"),
         threads=torch.get_num_threads(),
     )
     result = bench.run(args)
@@ -83,10 +84,21 @@ def test_likelihood_benchmark_smoke(cartpole_dir):
         lik["excess_frames_from_1"] * dims, abs=0.1 + 5e-5 * dims  # the figures are rounded
     )
     assert 0 < split["foreground_dims"] < dims
+    top, (height, width) = lik["excess_top_pixels"], result["frame_size"]  # 1% of the positions
+    assert top["pixels"] == round(0.01 * height * width) == len(top["where"])
+    assert top == lik["baseline"]["excess_top_pixels"]  # the same model
+    assert all(0 <= r < height and 0 <= c < width for r, c in top["where"])
+    assert (tmp_path / "maps" / "excess.png").stat().st_size > 0
+    assert result["excess_map"].endswith("excess.png")
     info = lik["frame_entropy"]  # over the held-out and the termination episodes' frames
     assert info["frames"] > result["episode_frames"]["total"] and 1 <= info["distinct"] <= info["frames"]
     assert 0 <= info["plug_in_bits"] <= info["chao_shen_bits"] + 1e-9
     assert info["plug_in_bits"] <= math.log2(info["distinct"]) + 0.01  # rounded to 2 places
+
+    excess = torch.zeros(10, 10)  # one hot pixel carries half the frame's excess
+    excess[3, 7], excess[0, :9] = 9.0, 1.0
+    top = bench.top_pixels(excess)
+    assert top["pixels"] == 1 and top["where"] == [[3, 7]] and top["share"] == pytest.approx(0.5)
 
     reader = result["reader"]
     assert reader["frames"] == result["episode_frames"]["total"]
