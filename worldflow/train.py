@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -696,6 +697,10 @@ def train(cfg: TrainConfig) -> dict:
         return _train(cfg, rank, world, device)
     finally:
         if started:
+            # FSDP2's hooks hold the sharded model, and with it the process group, in
+            # reference cycles: collect them first, so that the group is freed (its gloo
+            # threads joined) here, not at interpreter exit, where freeing it can abort
+            gc.collect()
             dist.destroy_process_group()
 
 
