@@ -25,7 +25,9 @@ the `mixed` policy (long balanced runs and short failing ones, so terminations o
    (pixels off the background, as in 5) and over the background, and the same with each
    frame scored alone, as a one-frame video under the same noise: what the past buys.
    Constant background pixels cost an ideal model nothing; the foreground is where the
-   past can help. The same split per pixel position, averaged over frames >= 1, is the
+   past can help. `empty_patches`: the excess on the patches that hold only background in
+   the frame and in the one before, which the past tells exactly (part of the background
+   figure). The same split per pixel position, averaged over frames >= 1, is the
    excess map (bits a frame at each pixel, its channels summed): `excess_top_pixels`
    gives the share of the excess carried by the 1% of positions that carry the most, and
    the positions themselves; `--excess_map PATH` draws the map of the model, the
@@ -79,6 +81,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm import tqdm
@@ -136,9 +139,12 @@ def _abs_errors(frames: torch.Tensor, x_true: torch.Tensor, theta_true: torch.Te
 # ------------------------------------------------------------------------------ sections
 def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, background, threshold) -> dict:
     """bits/dim (noise=True) pooled over all frames and over frames >= 1; the excess of
-    frames >= 1 split between foreground and background pixels (`LogProb.dim_bits`)."""
+    frames >= 1 split between foreground and background pixels (`LogProb.dim_bits`), and
+    that of the patches holding only background in the frame and in the one before."""
     bits, fg_dims, maps = [], [], []
-    split = {"foreground": [], "background": [], "foreground_without_past": [], "background_without_past": []}
+    split = {f"{part}{suffix}": [] for suffix in ("", "_without_past")
+             for part in ("foreground", "background", "empty_patches")}
+    patch = model.config.patch_size
     use_actions = model.config.has_actions
     floor = noise_floor_bits(model.config.noise_std)
     for i, ep in enumerate(tqdm(episodes, desc=desc, unit="ep")):
@@ -148,12 +154,15 @@ def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, backgr
             # each frame as a one-frame video, under the same noise (same draws, same order)
             alone = model.log_prob(ep["frames"][:, None], None, noise=True, seed=seed + i, per_dim=True)
         bits.append(lp.bits_per_dim[0])
-        fg = foreground(ep["frames"][1:], background, threshold)[:, None].expand_as(lp.dim_bits[0, 1:])
+        fg_all = foreground(ep["frames"], background, threshold)  # (T, H, W)
+        fg = fg_all[1:, None].expand_as(lp.dim_bits[0, 1:])
         fg_dims.append(fg.sum(dim=(1, 2, 3)).double())
+        empty = empty_patches(fg_all, patch)
         for suffix, dim_bits in (("", lp.dim_bits[0, 1:]), ("_without_past", alone.dim_bits[1:, 0])):
             excess = (dim_bits - floor).double()  # (T - 1, C, H, W)
             split["foreground" + suffix].append((excess * fg).sum(dim=(1, 2, 3)))
             split["background" + suffix].append((excess * ~fg).sum(dim=(1, 2, 3)))
+            split["empty_patches" + suffix].append((excess * empty[:, None]).sum(dim=(1, 2, 3)))
         maps.append((lp.dim_bits[0, 1:] - floor).double().sum(dim=1))  # (T - 1, H, W)
     all_frames = torch.cat(bits).double().mean().item()
     later = torch.cat([b[1:] for b in bits]).double().mean().item()
@@ -173,6 +182,14 @@ def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, backgr
         "excess_top_pixels": top_pixels(excess_map),
         "frames": int(sum(b.numel() for b in bits)),
     }, excess_map
+
+
+def empty_patches(fg: torch.Tensor, patch: int) -> torch.Tensor:
+    """(T - 1, H, W) bool from a foreground mask (T, H, W): the pixels of frames >= 1 whose
+    patch holds no foreground in the frame nor in the one before."""
+    empty = ~F.max_pool2d(fg[:, None].float(), patch).bool()[:, 0]  # (T, H / p, W / p)
+    both = empty[1:] & empty[:-1]
+    return both.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
 
 
 def top_pixels(excess_map: torch.Tensor, fraction: float = 0.01) -> dict:

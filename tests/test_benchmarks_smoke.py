@@ -95,6 +95,11 @@ def test_likelihood_benchmark_smoke(cartpole_dir, tmp_path):
     assert 0 <= info["plug_in_bits"] <= info["chao_shen_bits"] + 1e-9
     assert info["plug_in_bits"] <= math.log2(info["distinct"]) + 0.01  # rounded to 2 places
 
+    fg = torch.zeros(2, 16, 16, dtype=torch.bool)  # 2x2 patches of 8: one fg pixel a frame
+    fg[0, 3, 12], fg[1, 9, 2] = True, True  # top right patch, then bottom left
+    empty = bench.empty_patches(fg, 8)[0]
+    assert empty[:8, :8].all() and empty[8:, 8:].all() and not empty[:8, 8:].any() and not empty[8:, :8].any()
+    assert {"empty_patches", "empty_patches_without_past"} <= set(split)
     excess = torch.zeros(10, 10)  # one hot pixel carries half the frame's excess
     excess[3, 7], excess[0, :9] = 9.0, 1.0
     top = bench.top_pixels(excess)
