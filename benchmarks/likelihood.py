@@ -137,10 +137,13 @@ def _abs_errors(frames: torch.Tensor, x_true: torch.Tensor, theta_true: torch.Te
 
 
 # ------------------------------------------------------------------------------ sections
-def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, background, threshold) -> dict:
+def likelihood(
+    model: wf.WorldFlow, episodes: list, seed: int, desc: str, background, threshold
+) -> tuple[dict, torch.Tensor]:
     """bits/dim (noise=True) pooled over all frames and over frames >= 1; the excess of
     frames >= 1 split between foreground and background pixels (`LogProb.dim_bits`), and
-    that of the patches holding only background in the frame and in the one before."""
+    that of the patches holding only background in the frame and in the one before; and
+    the excess map, (H, W) bits a frame at each pixel."""
     bits, fg_dims, maps = [], [], []
     split = {f"{part}{suffix}": [] for suffix in ("", "_without_past")
              for part in ("foreground", "background", "empty_patches")}
@@ -163,7 +166,8 @@ def likelihood(model: wf.WorldFlow, episodes: list, seed: int, desc: str, backgr
             split["foreground" + suffix].append((excess * fg).sum(dim=(1, 2, 3)))
             split["background" + suffix].append((excess * ~fg).sum(dim=(1, 2, 3)))
             split["empty_patches" + suffix].append((excess * empty[:, None]).sum(dim=(1, 2, 3)))
-        maps.append((lp.dim_bits[0, 1:] - floor).double().sum(dim=1))  # (T - 1, H, W)
+            if not suffix:
+                maps.append(excess.sum(dim=1))  # (T - 1, H, W)
     all_frames = torch.cat(bits).double().mean().item()
     later = torch.cat([b[1:] for b in bits]).double().mean().item()
     first = torch.stack([b[0] for b in bits]).double().mean().item()

@@ -699,7 +699,7 @@ def train(cfg: TrainConfig) -> dict:
         if started:
             # FSDP2's hooks hold the sharded model, and with it the process group, in
             # reference cycles: collect them first, so that the group is freed (its gloo
-            # threads joined) here, not at interpreter exit, where freeing it can abort
+            # threads joined) here, while every rank is up, not at interpreter exit
             gc.collect()
             dist.destroy_process_group()
 
