@@ -230,10 +230,15 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
 ZERO_STARTED = (".attn.past_proj.", ".proj_history.")
 
 
+def zero_started(name: str) -> bool:
+    """Whether a weight starts at zero (`ModelConfig.past_attention`'s projections,
+    `deep_history`'s, `shallow_history`'s)."""
+    return any(m in name for m in ZERO_STARTED)
+
+
 def _loaded(parts, tensors: dict):
-    """Which weights to load: those of `parts`, less the zero-started ones the source lacks
-    (`ModelConfig.past_attention`'s projections, `deep_history`'s, `shallow_history`'s)."""
-    return lambda key: part_of(key) in parts and (key in tensors or not any(m in key for m in ZERO_STARTED))
+    """Which weights to load: those of `parts`, less the zero-started ones the source lacks."""
+    return lambda key: part_of(key) in parts and (key in tensors or not zero_started(key))
 
 
 def _load_flow(model: WorldFlow, name: str) -> None:
@@ -254,21 +259,22 @@ def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch
     With `cfg.new_lr`, the flow's zero-started weights form a third group at that rate
     (no weight decay: they start at zero). Parameters of the other parts (and of an
     untrained half of the flow) stop requiring gradients."""
-    params = {part: ([], [], []) for part in optimizer_parts(cfg.train_parts)}
+    params = {part: {"decay": [], "no_decay": [], "new": []} for part in optimizer_parts(cfg.train_parts)}
     pieces = trained_pieces(cfg.train_parts)
     for name, p in model.named_parameters():
         trained = piece_of(name) in pieces
         p.requires_grad_(trained)
         if trained:
-            new = cfg.new_lr is not None and any(m in name for m in ZERO_STARTED)
-            params[part_of(name)][2 if new else int(p.dim() < 2)].append(p)
+            group = "new" if cfg.new_lr is not None and zero_started(name) else (
+                "no_decay" if p.dim() < 2 else "decay")
+            params[part_of(name)][group].append(p)
     lrs = {"flow": cfg.lr, "denoiser": cfg.denoiser_lr, "heads": cfg.heads_lr}
     optimizers = {}
-    for part, (decay, no_decay, new) in params.items():
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        if new:
-            groups.append({"params": new, "weight_decay": 0.0, "lr": cfg.new_lr})
+    for part, group in params.items():
+        groups = [{"params": group["decay"], "weight_decay": cfg.weight_decay},
+                  {"params": group["no_decay"], "weight_decay": 0.0}]
+        if group["new"]:
+            groups.append({"params": group["new"], "weight_decay": 0.0, "lr": cfg.new_lr})
         optimizers[part] = torch.optim.AdamW(groups, lr=lrs[part])
     return optimizers
 
