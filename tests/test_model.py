@@ -204,6 +204,11 @@ def test_window_of_one_frame_makes_frames_independent():
     nll = model.frame_nll(x, torch.tensor([[0, 1, 0]]))
     alone = torch.cat([model.frame_nll(x[:, t : t + 1]) for t in range(3)], dim=1)
     assert (nll - alone).abs().max().item() <= 1e-4  # neither other frames nor actions matter
+    # observed frame by frame, each frame begins a window and reads the null action too
+    state, steps, actions = model.start(1), [], torch.tensor([[0, 1, 0]])
+    for t in range(3):
+        steps.append(model.push_context(state, x[:, t : t + 1], actions[:, t - 1 : t] if t else None)[1])
+    torch.testing.assert_close(torch.cat(steps, dim=1), nll, rtol=1e-6, atol=1e-3)
     z, _ = model.encode(x)
     assert (model.decode(z, sampler=TIGHT) - x).abs().max().item() <= 1e-4
     # a video and its frames as a batch of one-frame videos draw the same seeded noise

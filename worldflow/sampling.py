@@ -222,6 +222,8 @@ def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None)
     f0, f1 = state.frames_in_window, state.frames_in_window + tokens.shape[1]
     text_len = 0 if state.text is None else state.text.shape[1]
     seq = tokens.flatten(1, 2)
+    if cond is not None and not f0:  # a window's first frame reads no action (as the full pass)
+        cond = torch.cat([model.actions.null.expand_as(cond[:, :1]), cond[:, 1:]], dim=1)
     inputs = model.deep_block.shifted(seq, state.tokens[:, -1, -1:] if f0 else None)
     cos, sin = model.deep_rope(f1, text_len)
     rows = slice(text_len + f0 * n, text_len + f1 * n)
@@ -265,7 +267,8 @@ def next_frame(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Invert one frame from its latent tokens v (B, N, c), natural order, and push it.
 
-    cond: (B, width) the frame's condition embedding. Returns the frame x (B, C, H, W) —
+    cond: (B, width) the frame's condition embedding (the deep block reads the null one
+    at a window's first frame, as the full pass does). Returns the frame x (B, C, H, W) —
     the flow's sample, before any denoising — its NLL in model units (B,) and the network
     calls per item (B,) summed over blocks.
     """
@@ -280,7 +283,8 @@ def next_frame(
     # deep block, over the window's cache
     cos, sin = model.deep_rope(f + 1, text_len)
     base = text_len + f * n
-    slot_cond = None if cond is None else cond[:, None].expand(-1, n, -1)
+    deep_cond = cond if cond is None or f else model.actions.null.expand_as(cond)
+    slot_cond = None if cond is None else deep_cond[:, None].expand(-1, n, -1)
     v_deep = model.deep_order(v)
     first = model.deep_block.first_input(state.tokens[:, -1, -1:] if f else None, v)
     init = affine_guess(state.prev_affine[-1], v_deep, state.tokens[:, -1] if f else v_deep)
@@ -300,7 +304,7 @@ def next_frame(
     log_scale += a.log().sum(dim=(1, 2))
     state.tokens = torch.cat([state.tokens, u_deep[:, None]], dim=1)
     if state.cond is not None:
-        state.cond = torch.cat([state.cond, cond[:, None]], dim=1)
+        state.cond = torch.cat([state.cond, deep_cond[:, None]], dim=1)
 
     # shallow blocks, last to first, each over a fresh per-frame cache
     u = model.deep_order(u_deep)
