@@ -13,13 +13,15 @@ TIGHT = SamplerConfig("jacobi", threshold=1e-12)
 
 
 @pytest.fixture(
-    params=[{}, {"past_attention": True}, {"past_attention": True, "deep_history": 2, "shallow_history": 2}],
-    ids=["", "past_attention", "history"],
+    params=[{}, {"past_attention": True}, {"past_attention": True, "deep_history": 2, "shallow_history": 2},
+            {"max_frames": 1, "context_frames": 0, "prior_frames": 2}],
+    ids=["", "past_attention", "history", "prior"],
 )
 def tiny(request):
     """The randomized `tiny` world model; the same with its own attention to the past; and
-    with that and the deep and shallow blocks' token histories too (randomized like every
-    weight, so the past counts): every contract below holds for each."""
+    with that and the deep and shallow blocks' token histories too; and a frame-independent
+    flow whose frames' latents are drawn given the two frames before (the latent prior).
+    Randomized like every weight, so the past counts: every contract below holds for each."""
     return build(num_actions=2, **request.param)
 
 
@@ -304,3 +306,38 @@ def test_corrupted_pretrained_weights_raise(tiny, tmp_path):
     weights.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(wf.CheckpointError):
         wf.WorldFlow.from_pretrained(path)
+
+
+def test_latent_prior_at_init_is_the_standard_normal():
+    """`prior_frames` with the prior as built (its output layer at zero): the weights of a
+    model without it score every frame exactly as that model does."""
+    source = build(seed=7, num_actions=2, max_frames=1, context_frames=0)
+    with_prior = wf.WorldFlow.from_preset("tiny", num_actions=2, max_frames=1, context_frames=0,
+                                          prior_frames=2).eval()
+    missing = with_prior.load_state_dict(source.state_dict(), strict=False).missing_keys
+    assert missing and all(key.startswith("prior.") for key in missing)
+    x, actions = video(frames=5), torch.randint(0, 2, (2, 5))
+    torch.testing.assert_close(with_prior.frame_nll(x, actions), source.frame_nll(x, actions),
+                               rtol=1e-6, atol=0)
+
+
+def test_latent_prior_makes_a_frame_independent_flow_markov_of_its_order():
+    """A frame-independent flow with a latent prior reading K = 2 frames: frame t's score
+    depends on frames t-2, t-1 and the action between t-1 and t, and on nothing earlier;
+    frame 0, with no past, scores as it would alone."""
+    model = build(seed=8, num_actions=2, max_frames=1, context_frames=0, prior_frames=2)
+    x, actions = video(frames=6), torch.randint(0, 2, (2, 6))
+    nll = model.frame_nll(x, actions)
+    torch.testing.assert_close(nll[:, :1], model.frame_nll(x[:, :1]), rtol=1e-6, atol=0)
+    for t in range(2, 6):
+        changed = x.clone()
+        changed[:, : t - 2] = video(frames=6, seed=3)[:, : t - 2]
+        assert torch.equal(model.frame_nll(changed, actions)[:, t], nll[:, t])  # too far back
+        for lag in (1, 2):
+            changed = x.clone()
+            changed[:, t - lag] = video(frames=1, seed=t + lag)[:, 0]
+            assert (model.frame_nll(changed, actions)[:, t] - nll[:, t]).abs().min() > 1e-3
+        flipped = actions.clone()
+        flipped[:, t - 1] = 1 - flipped[:, t - 1]
+        moved = model.frame_nll(x, flipped) - nll
+        assert moved[:, t].abs().min() > 1e-4 and torch.equal(moved[:, :t], torch.zeros_like(moved[:, :t]))

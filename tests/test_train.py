@@ -194,6 +194,29 @@ def test_one_half_of_the_flow_trains_as_it_would_within_the_whole(data, short_ru
         run(replace(base, train_parts=["middle"]))
 
 
+def test_a_latent_prior_trains_on_a_frozen_flow(data, short_run, tmp_path):
+    """`+model.prior_frames=2 'train_parts=[prior]'` from a model without a prior: the run
+    starts exactly at the source (same validation figure at step 0), the prior learns,
+    every other weight stays the source's bit for bit, and the result loads."""
+    cfg = config(data, tmp_path / "prior", init=str(short_run / "model"), model={"prior_frames": 2},
+                 train_parts=["prior"], steps=4, val_every=4, lr=1e-3)
+    result = run(cfg)
+    source = wf.WorldFlow.from_pretrained(short_run / "model").state_dict()
+    trained = wf.WorldFlow.from_pretrained(result["model"])
+    assert trained.config.prior_frames == 2
+    for name, value in trained.state_dict().items():
+        if not name.startswith("prior."):
+            assert torch.equal(value, source[name]), name
+    assert trained.prior.proj_out.weight.abs().max() > 0
+    rows = list(csv.DictReader(open(tmp_path / "prior" / "log.csv")))
+    start = [float(r["val_excess_bits_per_dim"]) for r in rows if r["val_excess_bits_per_dim"]][0]
+    source_rows = list(csv.DictReader(open(short_run / "log.csv")))
+    end = [float(r["val_excess_bits_per_dim"]) for r in source_rows if r["val_excess_bits_per_dim"]][-1]
+    assert start == pytest.approx(end, rel=1e-6)
+    with pytest.raises(wf.ConfigError, match=r"train_parts: \['prior'\] name no weights"):
+        run(replace(cfg, out=str(tmp_path / "no_prior"), model={}))
+
+
 def test_init_flow_starts_a_video_model_from_a_frame_independent_one(data, short_run, tmp_path):
     """The flow from a frame-independent model, the rest from `init`: the first frame of
     every clip scores exactly as under the source, later frames see their past."""

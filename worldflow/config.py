@@ -56,6 +56,11 @@ class ModelConfig:
     # frames generation keeps), through a projection that starts at zero: the shallow
     # blocks then draw a frame from what its pixels were, where the cart is explicit
     shallow_history: int = 0
+    # the latent prior (`worldflow.prior`): each frame's latent is N(m, s^2), m and s read
+    # from the pixels of the `prior_frames` frames before it (at most `denoiser_window`,
+    # whose frames generation keeps) and its action, instead of N(0, I); 0: no prior
+    prior_frames: int = 0
+    prior_width: int = 256
     text_dim: int = 0  # width of text embeddings; 0: no text conditioning
     text_len: int = 0  # text tokens (prompts are padded / cut to this length)
     text_encoder: str | None = None  # None: built-in byte encoder; else a local path
@@ -153,6 +158,13 @@ class ModelConfig:
                 f"shallow_history: expected 0 <= shallow_history <= denoiser_window="
                 f"{self.denoiser_window}, got {self.shallow_history}"
             )
+        if not 0 <= self.prior_frames <= self.denoiser_window:
+            raise ConfigError(
+                f"prior_frames: expected 0 <= prior_frames <= denoiser_window="
+                f"{self.denoiser_window}, got {self.prior_frames}"
+            )
+        if self.prior_width < 1:
+            raise ConfigError(f"prior_width: expected a positive int, got {self.prior_width}")
         if self.codec not in ("patch", "latent"):
             raise ConfigError(f"codec: expected 'patch' or 'latent', got {self.codec!r}")
         if self.noise_std < 0:

@@ -3,6 +3,7 @@
     x (B, T, C, H, W) --patch codec--> tokens (B, T, N, c)
       --shallow blocks (each frame alone)--> --deep block (all frames, causal in time;
       text prefix; action a_t conditions frame t+1)--> z ~ N(0, I)
+      (with `prior_frames`, z ~ N(m, s^2) given the frames before: `worldflow.prior`)
 
 log p(x) = log N(z; 0, I) + sum of the blocks' log-dets, exact. Generation inverts it
 frame by frame (`worldflow.sampling`); a causal denoiser cleans each frame in one step.
@@ -26,6 +27,7 @@ from .errors import WorldFlowError
 from .flow import FlowBlock
 from .heads import TaskHeads
 from .nn import rope_table
+from .prior import LatentPrior
 from .sampling import VideoState
 
 
@@ -66,6 +68,11 @@ class WorldFlow(nn.Module):
         )
         self.actions = (
             ActionEmbedding(cfg.deep_width, cfg.num_actions, cfg.action_dim) if cfg.has_actions else None
+        )
+        cond_dim = cfg.deep_width if cfg.has_actions else 0
+        self.prior = (
+            LatentPrior(cfg.grid, c, cfg.prior_frames, cfg.prior_width, cond_dim)
+            if cfg.prior_frames else None
         )
         self.text_encoder = (
             ByteTextEncoder(cfg.text_dim, cfg.text_len) if cfg.has_text and cfg.text_encoder is None else None
@@ -130,6 +137,13 @@ class WorldFlow(nn.Module):
             return None
         earlier = self.codec.to_tokens(recent[:, max(recent.shape[1] - lags, 0) :])
         return history_features(earlier, new, lags).flatten(0, 1)
+
+    def latent_prior(self, recent: Tensor, new: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """m, log s (B, F, N, c) of the latent prior of the frames whose pixel tokens are
+        `new` (B, F, N, c), `recent` (B, G, C, H, W) being the video's frames before them
+        and `cond` (B, F, width) the frames' condition embeddings (`worldflow.prior`)."""
+        earlier = self.codec.to_tokens(recent[:, max(recent.shape[1] - self.config.prior_frames, 0) :])
+        return self.prior(self.prior.features(earlier, new), cond)
 
     def _shallow_forward(self, tokens: Tensor, history: Tensor | None):
         """Shallow blocks over pixel tokens (B, F, N, c), each frame alone (with its pixel
@@ -252,8 +266,9 @@ class WorldFlow(nn.Module):
     def flow_forward(self, x: Tensor, actions: Tensor | None = None, text: Tensor | None = None):
         """x (B, T, C, H, W) -> z tokens (B, T, N, c), log-dets, block outputs.
 
-        logdets[i]: (B, T, N, c) elementwise, in block i's token order. outputs[0] is the
-        patchified input, outputs[i + 1] block i's output, natural order.
+        logdets[i]: (B, T, N, c) elementwise, in block i's token order (the latent prior's,
+        last with `prior_frames`, in natural order). outputs[0] is the patchified input,
+        outputs[i + 1] block i's output (then the prior's), natural order.
         """
         b, t = x.shape[:2]
         tokens = self.codec.to_tokens(x)
@@ -265,6 +280,11 @@ class WorldFlow(nn.Module):
         tokens = self.deep_order(v)
         outputs.append(tokens)
         logdets.append(logdet)
+        if self.prior is not None:
+            m, log_s = self.latent_prior(x[:, :0], outputs[0], cond)
+            tokens = (tokens - m) * torch.exp(-log_s)
+            outputs.append(tokens)
+            logdets.append(-log_s)
         return tokens, logdets, outputs
 
     def _deep_forward(self, u: Tensor, text: Tensor | None, cond: Tensor | None):
@@ -322,8 +342,10 @@ class WorldFlow(nn.Module):
         for i, logdet in enumerate(logdets):  # each in its block's token order
             if i < len(self.shallow_blocks):
                 nll = nll - (logdet.flip(2) if self.flips(i) else logdet)
-            else:
+            elif i == len(self.shallow_blocks):
                 nll = nll - self.deep_order(logdet)
+            else:  # the latent prior's, natural order
+                nll = nll - logdet
         return self.codec.from_tokens(nll)
 
     def encode(self, x: Tensor, actions=None, prompt=None) -> tuple[Tensor, Tensor]:
@@ -419,7 +441,7 @@ class WorldFlow(nn.Module):
         """
         cfg = self.config
         b, f = x.shape[:2]
-        tokens = self.codec.to_tokens(x)
+        tokens = pixels = self.codec.to_tokens(x)
         outputs, _, maps = self._shallow_forward(tokens, self.shallow_history(state.recent, tokens))
         log_scale = x.new_zeros(b, f)
         for i, (u, v, logdet) in enumerate(maps):
@@ -447,6 +469,10 @@ class WorldFlow(nn.Module):
         v = torch.cat(zs, dim=1)
         state.prev_affine[-1] = sampling.pack_affine(deep[:, -1], v[:, -1], log_a[:, -1].exp())[:, None]
         z = self.deep_order(v)
+        if self.prior is not None:
+            m, log_s = self.latent_prior(state.recent, pixels, cond)
+            z = (z - m) * torch.exp(-log_s)
+            log_scale += log_s.sum(dim=(2, 3))
         nll = 0.5 * z.pow(2).sum(dim=(2, 3)) + 0.5 * cfg.dims_per_frame * self.LOG_2PI + log_scale
         state.recent = torch.cat([state.recent, x], dim=1)[:, -cfg.denoiser_window :]
         state.frame_index += f

@@ -268,7 +268,8 @@ def next_frame(
     """Invert one frame from its latent tokens v (B, N, c), natural order, and push it.
 
     cond: (B, width) the frame's condition embedding (the deep block reads the null one
-    at a window's first frame, as the full pass does). Returns the frame x (B, C, H, W) —
+    at a window's first frame, as the full pass does; the latent prior reads `cond`
+    itself). Returns the frame x (B, C, H, W) —
     the flow's sample, before any denoising — its NLL in model units (B,) and the network
     calls per item (B,) summed over blocks.
     """
@@ -279,6 +280,11 @@ def next_frame(
     f = state.frames_in_window
     text_len = 0 if state.text is None else state.text.shape[1]
     log_scale = v.new_zeros(v.shape[0])
+    z_sq = v.pow(2).sum(dim=(1, 2))
+    if model.prior is not None:  # the frame's latent given the frames before it
+        m, log_s = model.latent_prior(state.recent, v[:, None], None if cond is None else cond[:, None])
+        v = m[:, 0] + v * log_s[:, 0].exp()
+        log_scale += log_s.sum(dim=(1, 2, 3))
 
     # deep block, over the window's cache
     cos, sin = model.deep_rope(f + 1, text_len)
@@ -329,7 +335,6 @@ def next_frame(
         state.prev_affine[i] = pack_affine(ui, vi, a)[:, None]
         u = ui.flip(1) if flip else ui
     x = model.codec.from_tokens(u[:, None])[:, 0]
-    z_sq = v.pow(2).sum(dim=(1, 2))
     nll = 0.5 * z_sq + 0.5 * cfg.dims_per_frame * model.LOG_2PI + log_scale
     state.recent = torch.cat([state.recent, x[:, None]], dim=1)[:, -cfg.denoiser_window :]  # denoiser window
     state.frame_index += 1

@@ -27,7 +27,8 @@ holds it; the checkpoint keeps both, so resuming stays exact.
 A run can start from a trained model (`init=`, e.g. the flow of an earlier run) and train
 only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are one such run;
 `train_parts=[deep]` trains the deep block (and its action and text conditioning) on frozen
-per-frame shallow blocks, which then run without building a graph.
+per-frame shallow blocks, which then run without building a graph; `train_parts=[prior]`
+trains only the latent prior (`prior_frames`) on a frozen flow, which then costs a forward pass.
 Its optimizers start afresh, and their warmup to the peak first moves the model off what it
 knew, so a continuation wants a lower `lr` than a first run (the README has CartPole's
 figures). Weights a continuation adds start at zero (past attention's and the histories'
@@ -97,7 +98,7 @@ from .metrics import noise_floor_bits
 from .model import WorldFlow
 
 PARTS = ("flow", "denoiser", "heads")  # one optimizer each
-FLOW_PIECES = ("shallow", "deep")  # train_parts may name the flow's halves; "flow" is both
+FLOW_PIECES = ("shallow", "deep", "prior")  # train_parts may name the flow's pieces; "flow" is all
 BATCH_STREAM, VAL_STREAM, HEADS_STREAM = 0, 1, 2  # independent streams of (seed, step) generators
 
 
@@ -138,7 +139,7 @@ class TrainConfig:
     init_parts: list[str] = field(default_factory=lambda: list(PARTS))  # loaded from `init`
     init_flow: str | None = None  # with init: the flow's weights from this model instead
     train_parts: list[str] = field(default_factory=lambda: list(PARTS))  # the rest are frozen;
-    # "shallow" or "deep" trains only that half of the flow (the flow's optimizer then holds it)
+    # "shallow", "deep" or "prior" trains only that piece of the flow (the flow's optimizer holds it)
     heads_batch: int = 64  # global (frame, next frame) pairs a step for the task heads
     heads_terminal_fraction: float = 0.5  # of them, drawn from terminal transitions
     threads: int | None = None  # torch CPU threads; None: torch's default
@@ -187,15 +188,19 @@ def part_of(name: str) -> str:
 
 def piece_of(name: str) -> str:
     """Which of `trained_pieces`' names a parameter answers to: its part, or for the flow
-    "shallow" (the per-frame blocks) or "deep" (the deep block and its conditioning)."""
+    "shallow" (the per-frame blocks), "prior" (the latent prior) or "deep" (the deep block
+    and its conditioning)."""
     part = part_of(name)
     if part != "flow":
         return part
-    return "shallow" if name.startswith("shallow_blocks.") else "deep"
+    for prefix, piece in (("shallow_blocks.", "shallow"), ("prior.", "prior")):
+        if name.startswith(prefix):
+            return piece
+    return "deep"
 
 
 def trained_pieces(train_parts) -> set[str]:
-    """`train_parts` with "flow" spelled out as its two pieces."""
+    """`train_parts` with "flow" spelled out as its pieces."""
     pieces = set(train_parts) - {"flow"}
     return pieces | set(FLOW_PIECES) if "flow" in train_parts else pieces
 
@@ -226,13 +231,14 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
     return model
 
 
-# weights that start at zero: a source without them leaves them there
-ZERO_STARTED = (".attn.past_proj.", ".proj_history.")
+# weights that start at zero (or feed only such): a source without them leaves them there
+ZERO_STARTED = (".attn.past_proj.", ".proj_history.", "prior.")
 
 
 def zero_started(name: str) -> bool:
     """Whether a weight starts at zero (`ModelConfig.past_attention`'s projections,
-    `deep_history`'s, `shallow_history`'s)."""
+    `deep_history`'s, `shallow_history`'s) or belongs to the latent prior, whose output
+    layer starts at zero (`prior_frames`)."""
     return any(m in name for m in ZERO_STARTED)
 
 
@@ -261,6 +267,10 @@ def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch
     untrained half of the flow) stop requiring gradients."""
     params = {part: {"decay": [], "no_decay": [], "new": []} for part in optimizer_parts(cfg.train_parts)}
     pieces = trained_pieces(cfg.train_parts)
+    absent = set(cfg.train_parts) & pieces - {piece_of(name) for name, _ in model.named_parameters()}
+    if absent:
+        raise ConfigError(f"train_parts: {sorted(absent)} name no weights of this model (a latent "
+                          f"prior needs +model.prior_frames), got {list(cfg.train_parts)}")
     for name, p in model.named_parameters():
         trained = piece_of(name) in pieces
         p.requires_grad_(trained)
