@@ -135,15 +135,19 @@ class WorldFlow(nn.Module):
         lags = self.config.shallow_history
         if not lags:
             return None
-        earlier = self.codec.to_tokens(recent[:, max(recent.shape[1] - lags, 0) :])
-        return history_features(earlier, new, lags).flatten(0, 1)
+        return history_features(self._recent_tokens(recent, lags), new, lags).flatten(0, 1)
+
+    def _recent_tokens(self, recent: Tensor, lags: int) -> Tensor:
+        """The pixel tokens (B, <= lags, N, c) of the last `lags` frames of `recent`."""
+        return self.codec.to_tokens(recent[:, max(recent.shape[1] - lags, 0) :])
 
     def latent_prior(self, recent: Tensor, new: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         """m, log s (B, F, N, c) of the latent prior of the frames whose pixel tokens are
         `new` (B, F, N, c), `recent` (B, G, C, H, W) being the video's frames before them
         and `cond` (B, F, width) the frames' condition embeddings (`worldflow.prior`)."""
-        earlier = self.codec.to_tokens(recent[:, max(recent.shape[1] - self.config.prior_frames, 0) :])
-        return self.prior(self.prior.features(earlier, new), cond)
+        lags = self.config.prior_frames
+        past = history_features(self._recent_tokens(recent, lags), new, lags)
+        return self.prior(self.prior.features(past), cond)
 
     def _shallow_forward(self, tokens: Tensor, history: Tensor | None):
         """Shallow blocks over pixel tokens (B, F, N, c), each frame alone (with its pixel

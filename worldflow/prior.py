@@ -45,16 +45,13 @@ class LatentPrior(nn.Module):
         self.mlp = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU())
         self.proj_out = zero_linear(width, 2 * token_dim)
 
-    def features(self, earlier: Tensor, new: Tensor) -> Tensor:
-        """What the frames `new` (B, F, N, c) read of their past, `earlier` (B, F0, N, c)
-        being the frames before them: (B, F, N, (K + 2)(c + 1)) — the K frames before
-        each at its place (`history_features`), then the previous frame's tokens left and
-        right of it in its row (zeros past the edge)."""
-        from .model import history_features  # the histories' layout, shared
-
-        past = history_features(earlier[:, max(earlier.shape[1] - self.frames, 0):], new, self.frames)
+    def features(self, past: Tensor) -> Tensor:
+        """What frames read of their past: `past` (B, F, N, K (c + 1)), the tokens at each
+        token's place in the K frames before it (`worldflow.model.history_features`, the
+        nearest first), followed by the previous frame's tokens left and right of it in its
+        row (zeros past the edge): (B, F, N, (K + 2)(c + 1))."""
         rows, cols = self.grid
-        last = past[..., : new.shape[-1] + 1].unflatten(2, (rows, cols))  # (B, F, h, w, c + 1)
+        last = past[..., : past.shape[-1] // self.frames].unflatten(2, (rows, cols))  # (B, F, h, w, c + 1)
         pad = torch.zeros_like(last[:, :, :, :1])
         left = torch.cat([pad, last[:, :, :, :-1]], dim=3).flatten(2, 3)
         right = torch.cat([last[:, :, :, 1:], pad], dim=3).flatten(2, 3)

@@ -242,11 +242,8 @@ def slide_window(model, state: VideoState) -> None:
     """Window full: restart it from the last `context_frames` frames (reference section 9)."""
     keep = model.config.context_frames
     tokens = state.tokens[:, state.frames_in_window - keep :]
-    cond = None
-    if state.cond is not None:  # the first kept frame begins a new video: no action
-        cond = state.cond[:, state.frames_in_window - keep :].clone()
-        if keep:
-            cond[:, 0] = model.actions.null
+    # the first kept frame begins a new window: append_frames gives it the null action
+    cond = None if state.cond is None else state.cond[:, state.frames_in_window - keep :]
     text_len = 0 if state.text is None else state.text.shape[1]
     state.cache.clear()
     if state.text is not None:
