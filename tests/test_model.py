@@ -10,11 +10,12 @@ import worldflow as wf
 from worldflow.config import SamplerConfig
 
 TIGHT = SamplerConfig("jacobi", threshold=1e-12)
+PRIOR = {"prior_depth": 1, "prior_frames": 2, "prior_width": 64}  # a latent prior reading 2 frames
 
 
 @pytest.fixture(
     params=[{}, {"past_attention": True}, {"past_attention": True, "deep_history": 2, "shallow_history": 2},
-            {"max_frames": 1, "context_frames": 0, "prior_frames": 2}],
+            {"max_frames": 1, "context_frames": 0, **PRIOR}],
     ids=["", "past_attention", "history", "prior"],
 )
 def tiny(request):
@@ -309,11 +310,11 @@ def test_corrupted_pretrained_weights_raise(tiny, tmp_path):
 
 
 def test_latent_prior_at_init_is_the_standard_normal():
-    """`prior_frames` with the prior as built (its output layer at zero): the weights of a
+    """`prior_depth` with the prior as built (its output layer at zero): the weights of a
     model without it score every frame exactly as that model does."""
     source = build(seed=7, num_actions=2, max_frames=1, context_frames=0)
     with_prior = wf.WorldFlow.from_preset("tiny", num_actions=2, max_frames=1, context_frames=0,
-                                          prior_frames=2).eval()
+                                          **PRIOR).eval()
     missing = with_prior.load_state_dict(source.state_dict(), strict=False).missing_keys
     assert missing and all(key.startswith("prior.") for key in missing)
     x, actions = video(frames=5), torch.randint(0, 2, (2, 5))
@@ -321,11 +322,40 @@ def test_latent_prior_at_init_is_the_standard_normal():
                                rtol=1e-6, atol=0)
 
 
+def test_a_latent_prior_blind_to_the_past_keeps_frames_independent():
+    """`prior_frames=0`: the same prior block reading nothing of the past (the equal-size
+    frame-independent baseline of one that does): every frame scores as it would alone,
+    whatever came before and whatever the actions, and generation inverts it."""
+    model = build(seed=9, num_actions=2, max_frames=1, context_frames=0, prior_depth=1, prior_width=64)
+    x, actions = video(frames=4), torch.randint(0, 2, (2, 4))
+    nll = model.frame_nll(x, actions)
+    alone = torch.cat([model.frame_nll(x[:, t : t + 1]) for t in range(4)], dim=1)
+    torch.testing.assert_close(nll, alone, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(model.frame_nll(x, 1 - actions), nll, rtol=0, atol=0)
+    state = model.start(batch_size=2)
+    cfg = model.config
+    z = torch.randn(2, cfg.tokens_per_frame, cfg.token_dim, generator=torch.Generator().manual_seed(0))
+    frame, _ = model.step(state, z=z, sampler=TIGHT, denoise=False)
+    latent, _ = model.encode(frame[:, None])
+    torch.testing.assert_close(model.codec.to_tokens(latent)[:, 0], z, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"prior_frames": 2}, r"prior_frames: .*expected prior_depth > 0 with prior_frames=2, got prior_depth=0"),
+    ({"prior_depth": 1, "prior_width": 48},
+     r"prior_width: expected a positive multiple of head_dim=32, got 48"),
+    ({"prior_depth": -1}, r"prior_depth: expected an int >= 0, got -1"),
+])
+def test_latent_prior_config_errors_name_the_field(bad, message):
+    with pytest.raises(wf.ConfigError, match=message):
+        wf.WorldFlow.from_preset("tiny", **bad)
+
+
 def test_latent_prior_makes_a_frame_independent_flow_markov_of_its_order():
     """A frame-independent flow with a latent prior reading K = 2 frames: frame t's score
     depends on frames t-2, t-1 and the action between t-1 and t, and on nothing earlier;
     frame 0, with no past, scores as it would alone."""
-    model = build(seed=8, num_actions=2, max_frames=1, context_frames=0, prior_frames=2)
+    model = build(seed=8, num_actions=2, max_frames=1, context_frames=0, **PRIOR)
     x, actions = video(frames=6), torch.randint(0, 2, (2, 6))
     nll = model.frame_nll(x, actions)
     torch.testing.assert_close(nll[:, :1], model.frame_nll(x[:, :1]), rtol=1e-6, atol=0)

@@ -195,10 +195,12 @@ def test_one_half_of_the_flow_trains_as_it_would_within_the_whole(data, short_ru
 
 
 def test_a_latent_prior_trains_on_a_frozen_flow(data, short_run, tmp_path):
-    """`+model.prior_frames=2 'train_parts=[prior]'` from a model without a prior: the run
-    starts exactly at the source (same validation figure at step 0), the prior learns,
-    every other weight stays the source's bit for bit, and the result loads."""
-    cfg = config(data, tmp_path / "prior", init=str(short_run / "model"), model={"prior_frames": 2},
+    """`+model.prior_depth=1 +model.prior_frames=2 'train_parts=[prior]'` from a model
+    without a prior: the run starts exactly at the source (same validation figure at
+    step 0), the prior learns, every other weight stays the source's bit for bit, and the
+    result loads."""
+    prior = {"prior_depth": 1, "prior_frames": 2, "prior_width": 64}
+    cfg = config(data, tmp_path / "prior", init=str(short_run / "model"), model=prior,
                  train_parts=["prior"], steps=4, val_every=4, lr=1e-3)
     result = run(cfg)
     source = wf.WorldFlow.from_pretrained(short_run / "model").state_dict()
@@ -207,7 +209,7 @@ def test_a_latent_prior_trains_on_a_frozen_flow(data, short_run, tmp_path):
     for name, value in trained.state_dict().items():
         if not name.startswith("prior."):
             assert torch.equal(value, source[name]), name
-    assert trained.prior.proj_out.weight.abs().max() > 0
+    assert trained.prior.block.proj_out.weight.abs().max() > 0
     rows = list(csv.DictReader(open(tmp_path / "prior" / "log.csv")))
     start = [float(r["val_excess_bits_per_dim"]) for r in rows if r["val_excess_bits_per_dim"]][0]
     source_rows = list(csv.DictReader(open(short_run / "log.csv")))

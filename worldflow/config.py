@@ -56,11 +56,14 @@ class ModelConfig:
     # frames generation keeps), through a projection that starts at zero: the shallow
     # blocks then draw a frame from what its pixels were, where the cart is explicit
     shallow_history: int = 0
-    # the latent prior (`worldflow.prior`): each frame's latent is N(m, s^2), m and s read
-    # from the pixels of the `prior_frames` frames before it (at most `denoiser_window`,
-    # whose frames generation keeps) and its action, instead of N(0, I); 0: no prior
+    # the latent prior (`worldflow.prior`): one more flow block of `prior_depth` layers
+    # (0: none) and width `prior_width` over each frame's latent tokens, reading the
+    # pixels of the `prior_frames` frames before it (at most `denoiser_window`, whose
+    # frames generation keeps) and its action; prior_frames=0: the same block blind to
+    # the past (a frame-independent twin of equal size)
+    prior_depth: int = 0
     prior_frames: int = 0
-    prior_width: int = 256
+    prior_width: int = 192
     text_dim: int = 0  # width of text embeddings; 0: no text conditioning
     text_len: int = 0  # text tokens (prompts are padded / cut to this length)
     text_encoder: str | None = None  # None: built-in byte encoder; else a local path
@@ -163,8 +166,18 @@ class ModelConfig:
                 f"prior_frames: expected 0 <= prior_frames <= denoiser_window="
                 f"{self.denoiser_window}, got {self.prior_frames}"
             )
-        if self.prior_width < 1:
-            raise ConfigError(f"prior_width: expected a positive int, got {self.prior_width}")
+        if self.prior_depth < 0:
+            raise ConfigError(f"prior_depth: expected an int >= 0, got {self.prior_depth}")
+        if self.prior_frames and not self.prior_depth:
+            raise ConfigError(
+                f"prior_frames: the latent prior reads the past only if it exists; expected "
+                f"prior_depth > 0 with prior_frames={self.prior_frames}, got prior_depth=0"
+            )
+        if self.prior_width < 1 or self.prior_width % self.head_dim:
+            raise ConfigError(
+                f"prior_width: expected a positive multiple of head_dim={self.head_dim}, "
+                f"got {self.prior_width}"
+            )
         if self.codec not in ("patch", "latent"):
             raise ConfigError(f"codec: expected 'patch' or 'latent', got {self.codec!r}")
         if self.noise_std < 0:

@@ -3,7 +3,7 @@
     x (B, T, C, H, W) --patch codec--> tokens (B, T, N, c)
       --shallow blocks (each frame alone)--> --deep block (all frames, causal in time;
       text prefix; action a_t conditions frame t+1)--> z ~ N(0, I)
-      (with `prior_frames`, z ~ N(m, s^2) given the frames before: `worldflow.prior`)
+      (with `prior_depth`, one more per-frame block reading the frames before: `worldflow.prior`)
 
 log p(x) = log N(z; 0, I) + sum of the blocks' log-dets, exact. Generation inverts it
 frame by frame (`worldflow.sampling`); a causal denoiser cleans each frame in one step.
@@ -71,8 +71,9 @@ class WorldFlow(nn.Module):
         )
         cond_dim = cfg.deep_width if cfg.has_actions else 0
         self.prior = (
-            LatentPrior(cfg.grid, c, cfg.prior_frames, cfg.prior_width, cond_dim)
-            if cfg.prior_frames else None
+            LatentPrior(cfg.grid, c, cfg.prior_frames, cfg.prior_width, cfg.prior_depth, cfg.head_dim,
+                        cond_dim, cfg.soft_clip)
+            if cfg.prior_depth else None
         )
         self.text_encoder = (
             ByteTextEncoder(cfg.text_dim, cfg.text_len) if cfg.has_text and cfg.text_encoder is None else None
@@ -141,13 +142,24 @@ class WorldFlow(nn.Module):
         """The pixel tokens (B, <= lags, N, c) of the last `lags` frames of `recent`."""
         return self.codec.to_tokens(recent[:, max(recent.shape[1] - lags, 0) :])
 
-    def latent_prior(self, recent: Tensor, new: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
-        """m, log s (B, F, N, c) of the latent prior of the frames whose pixel tokens are
-        `new` (B, F, N, c), `recent` (B, G, C, H, W) being the video's frames before them
-        and `cond` (B, F, width) the frames' condition embeddings (`worldflow.prior`)."""
+    def prior_inputs(self, recent: Tensor, new: Tensor, cond: Tensor | None):
+        """What the latent prior's block reads for the frames whose pixel tokens are `new`
+        (B, F, N, c), `recent` (B, G, C, H, W) being the video's frames before them and
+        `cond` (B, F, width) the frames' condition embeddings (`worldflow.prior`): its
+        history (B F, N, h) and per-slot condition (B F, N, prior_width), each or None."""
         lags = self.config.prior_frames
+        if not lags:
+            return None, None
         past = history_features(self._recent_tokens(recent, lags), new, lags)
-        return self.prior(self.prior.features(past), cond)
+        return self.prior.features(past), self.prior.slot_cond(cond, new.shape[2])
+
+    def _prior_forward(self, z: Tensor, recent: Tensor, pixels: Tensor, cond: Tensor | None):
+        """The latent prior's block over the deep block's output z (B, F, N, c), natural
+        order: eps and elementwise log-det, (B, F, N, c) each."""
+        history, slot_cond = self.prior_inputs(recent, pixels, cond)
+        cos, sin = self.shallow_rope()
+        eps, logdet = self.prior.block(z.flatten(0, 1), cos, sin, cond=slot_cond, history=history)
+        return eps.view_as(z), logdet.view_as(z)
 
     def _shallow_forward(self, tokens: Tensor, history: Tensor | None):
         """Shallow blocks over pixel tokens (B, F, N, c), each frame alone (with its pixel
@@ -271,7 +283,7 @@ class WorldFlow(nn.Module):
         """x (B, T, C, H, W) -> z tokens (B, T, N, c), log-dets, block outputs.
 
         logdets[i]: (B, T, N, c) elementwise, in block i's token order (the latent prior's,
-        last with `prior_frames`, in natural order). outputs[0] is the patchified input,
+        last with `prior_depth`, in natural order). outputs[0] is the patchified input,
         outputs[i + 1] block i's output (then the prior's), natural order.
         """
         b, t = x.shape[:2]
@@ -285,10 +297,9 @@ class WorldFlow(nn.Module):
         outputs.append(tokens)
         logdets.append(logdet)
         if self.prior is not None:
-            m, log_s = self.latent_prior(x[:, :0], outputs[0], cond)
-            tokens = (tokens - m) * torch.exp(-log_s)
+            tokens, logdet = self._prior_forward(tokens, x[:, :0], outputs[0], cond)
             outputs.append(tokens)
-            logdets.append(-log_s)
+            logdets.append(logdet)
         return tokens, logdets, outputs
 
     def _deep_forward(self, u: Tensor, text: Tensor | None, cond: Tensor | None):
@@ -474,9 +485,8 @@ class WorldFlow(nn.Module):
         state.prev_affine[-1] = sampling.pack_affine(deep[:, -1], v[:, -1], log_a[:, -1].exp())[:, None]
         z = self.deep_order(v)
         if self.prior is not None:
-            m, log_s = self.latent_prior(state.recent, pixels, cond)
-            z = (z - m) * torch.exp(-log_s)
-            log_scale += log_s.sum(dim=(2, 3))
+            z, logdet = self._prior_forward(z, state.recent, pixels, cond)
+            log_scale -= logdet.sum(dim=(2, 3))
         nll = 0.5 * z.pow(2).sum(dim=(2, 3)) + 0.5 * cfg.dims_per_frame * self.LOG_2PI + log_scale
         state.recent = torch.cat([state.recent, x], dim=1)[:, -cfg.denoiser_window :]
         state.frame_index += f

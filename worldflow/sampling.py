@@ -278,10 +278,14 @@ def next_frame(
     text_len = 0 if state.text is None else state.text.shape[1]
     log_scale = v.new_zeros(v.shape[0])
     z_sq = v.pow(2).sum(dim=(1, 2))
+    calls = v.new_zeros(v.shape[0], dtype=torch.long)
     if model.prior is not None:  # the frame's latent given the frames before it
-        m, log_s = model.latent_prior(state.recent, v[:, None], None if cond is None else cond[:, None])
-        v = m[:, 0] + v * log_s[:, 0].exp()
-        log_scale += log_s.sum(dim=(1, 2, 3))
+        # v only stands in for the new frame's pixels: the prior reads the recent frames
+        frame_cond = None if cond is None else cond[:, None]
+        history, slot_cond = model.prior_inputs(state.recent, v[:, None], frame_cond)
+        rope = model.shallow_rope()
+        v, a, calls = invert_frame_block(model.prior.block, v, rope, sampler, history, slot_cond)
+        log_scale += a.log().sum(dim=(1, 2))
 
     # deep block, over the window's cache
     cos, sin = model.deep_rope(f + 1, text_len)
@@ -302,7 +306,8 @@ def next_frame(
             v_deep[:, lo:hi], inputs, cos[rows], sin[rows], state.cache, c, state.guidance, h
         )
 
-    u_deep, a, calls = _solve_frame(deep_step, first, init, state.cache, sampler, n)
+    u_deep, a, c = _solve_frame(deep_step, first, init, state.cache, sampler, n)
+    calls += c
     state.prev_affine[-1] = pack_affine(u_deep, v_deep, a)[:, None]
     log_scale += a.log().sum(dim=(1, 2))
     state.tokens = torch.cat([state.tokens, u_deep[:, None]], dim=1)
@@ -311,7 +316,7 @@ def next_frame(
 
     # shallow blocks, last to first, each over a fresh per-frame cache
     u = model.deep_order(u_deep)
-    cos, sin = model.shallow_rope()
+    rope = model.shallow_rope()
     # u only stands in for the new frame's pixels: its history reads the recent frames
     history = model.shallow_history(state.recent, u[:, None])
     for i in reversed(range(len(model.shallow_blocks))):
@@ -319,14 +324,7 @@ def next_frame(
         vi = u.flip(1) if flip else u
         past = None if history is None else (history.flip(1) if flip else history)
         init = affine_guess(state.prev_affine[i], vi, vi)
-        cache = block.new_cache(v.shape[0], n, v)
-        first = block.start_token(v.shape[0], v)
-
-        def shallow_step(lo, hi, inputs, block=block, vi=vi, cache=cache, past=past):
-            h = None if past is None else past[:, lo:hi]
-            return block.inverse(vi[:, lo:hi], inputs, cos[lo:hi], sin[lo:hi], cache, history=h)
-
-        ui, a, c = _solve_frame(shallow_step, first, init, cache, sampler, n)
+        ui, a, c = invert_frame_block(block, vi, rope, sampler, past, init=init)
         log_scale += a.log().sum(dim=(1, 2))
         calls += c
         state.prev_affine[i] = pack_affine(ui, vi, a)[:, None]
@@ -336,6 +334,26 @@ def next_frame(
     state.recent = torch.cat([state.recent, x[:, None]], dim=1)[:, -cfg.denoiser_window :]  # denoiser window
     state.frame_index += 1
     return x, nll, calls
+
+
+def invert_frame_block(
+    block, v: Tensor, rope: tuple[Tensor, Tensor], sampler: SamplerConfig,
+    history: Tensor | None = None, cond: Tensor | None = None, init: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Invert a block over one frame's tokens alone (a shallow block, the latent prior):
+    v (B, N, c) in the block's order, over a fresh cache; `history` (B, N, h) and `cond`
+    (B, N, width) per slot, `init` the Jacobi guess (default v). Returns u, a, calls."""
+    n = v.shape[1]
+    cos, sin = rope
+    cache = block.new_cache(v.shape[0], n, v)
+
+    def step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        c = None if cond is None else cond[:, lo:hi]
+        h = None if history is None else history[:, lo:hi]
+        return block.inverse(v[:, lo:hi], inputs, cos[lo:hi], sin[lo:hi], cache, c, history=h)
+
+    first = block.start_token(v.shape[0], v)
+    return _solve_frame(step, first, v if init is None else init, cache, sampler, n)
 
 
 def pack_affine(u: Tensor, v: Tensor, a: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ A run can start from a trained model (`init=`, e.g. the flow of an earlier run) 
 only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are one such run;
 `train_parts=[deep]` trains the deep block (and its action and text conditioning) on frozen
 per-frame shallow blocks, which then run without building a graph; `train_parts=[prior]`
-trains only the latent prior (`prior_frames`) on a frozen flow, which then costs a forward pass.
+trains only the latent prior (`prior_depth`) on a frozen flow, which then costs a forward pass.
 Its optimizers start afresh, and their warmup to the peak first moves the model off what it
 knew, so a continuation wants a lower `lr` than a first run (the README has CartPole's
 figures). Weights a continuation adds start at zero (past attention's and the histories'
@@ -238,7 +238,7 @@ ZERO_STARTED = (".attn.past_proj.", ".proj_history.", "prior.")
 def zero_started(name: str) -> bool:
     """Whether a weight starts at zero (`ModelConfig.past_attention`'s projections,
     `deep_history`'s, `shallow_history`'s) or belongs to the latent prior, whose output
-    layer starts at zero (`prior_frames`)."""
+    layer starts at zero (`prior_depth`)."""
     return any(m in name for m in ZERO_STARTED)
 
 
@@ -270,7 +270,7 @@ def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch
     absent = set(cfg.train_parts) & pieces - {piece_of(name) for name, _ in model.named_parameters()}
     if absent:
         raise ConfigError(f"train_parts: {sorted(absent)} name no weights of this model (a latent "
-                          f"prior needs +model.prior_frames), got {list(cfg.train_parts)}")
+                          f"prior needs +model.prior_depth), got {list(cfg.train_parts)}")
     for name, p in model.named_parameters():
         trained = piece_of(name) in pieces
         p.requires_grad_(trained)
