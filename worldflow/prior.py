@@ -24,9 +24,11 @@ trained alone on a frozen flow (`train_parts=[prior]`).
 Why pixels and not latents: a frame-independent flow's latents are a sharp function of
 each frame's noise, and a net reading them memorises it; the earlier frames' pixels say
 what the next frame holds (which patches are empty, where the cart is) and generalise.
-Why autoregressive over the frame's tokens: a prior that draws each latent number on its
-own (an earlier version) scattered the cart at temperature 1; drawn token by token, each
-given the ones before, a frame's numbers agree.
+Why autoregressive over the frame's tokens: a prior that drew each latent number on its
+own (an earlier version) scattered the cart at temperature 1; drawing token by token, each
+given the ones before, was meant to make a frame's numbers agree. On CartPole's
+frame-independent flow it did not mend the dreams (README, sixth attempt): it learns where
+the past says a patch is empty, not where the cart goes.
 """
 
 from __future__ import annotations
