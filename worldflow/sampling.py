@@ -279,11 +279,11 @@ def next_frame(
     log_scale = v.new_zeros(v.shape[0])
     z_sq = v.pow(2).sum(dim=(1, 2))
     calls = v.new_zeros(v.shape[0], dtype=torch.long)
+    rope = model.shallow_rope()  # the per-frame blocks' (the latent prior's, the shallow ones')
     if model.prior is not None:  # the frame's latent given the frames before it
         # v only stands in for the new frame's pixels: the prior reads the recent frames
         frame_cond = None if cond is None else cond[:, None]
         history, slot_cond = model.prior_inputs(state.recent, v[:, None], frame_cond)
-        rope = model.shallow_rope()
         v, a, calls = invert_frame_block(model.prior.block, v, rope, sampler, history, slot_cond)
         log_scale += a.log().sum(dim=(1, 2))
 
@@ -316,7 +316,6 @@ def next_frame(
 
     # shallow blocks, last to first, each over a fresh per-frame cache
     u = model.deep_order(u_deep)
-    rope = model.shallow_rope()
     # u only stands in for the new frame's pixels: its history reads the recent frames
     history = model.shallow_history(state.recent, u[:, None])
     for i in reversed(range(len(model.shallow_blocks))):

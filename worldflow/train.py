@@ -237,8 +237,8 @@ ZERO_STARTED = (".attn.past_proj.", ".proj_history.", "prior.")
 
 def zero_started(name: str) -> bool:
     """Whether a weight starts at zero (`ModelConfig.past_attention`'s projections,
-    `deep_history`'s, `shallow_history`'s) or belongs to the latent prior, whose output
-    layer starts at zero (`prior_depth`)."""
+    `deep_history`'s, `shallow_history`'s) or belongs to the latent prior (`prior_depth`),
+    which as a whole starts at the identity: its output and history projections are zero."""
     return any(m in name for m in ZERO_STARTED)
 
 
