@@ -50,6 +50,7 @@ def test_likelihood_benchmark_smoke(cartpole_dir, tmp_path):
         starts_per_episode=1,
         batch=2,
         termination_episodes=1,
+        track_end=0.02,  # the cart of a 12-step episode stays near the centre; both places get frames
         excess_map=str(tmp_path / "maps" / "excess.png"),
         threads=torch.get_num_threads(),
     )
@@ -84,6 +85,13 @@ def test_likelihood_benchmark_smoke(cartpole_dir, tmp_path):
         lik["excess_frames_from_1"] * dims, abs=0.1 + 5e-5 * dims  # the figures are rounded
     )
     assert 0 < split["foreground_dims"] < dims
+    places, later = lik["excess_frames_from_1_by_cart_place"], lik["frames"] - args.episodes
+    assert sum(part["frames"] for part in places.values()) == later
+    assert all(part["frames"] > 0 for part in places.values())
+    mean = sum(part["frames"] * part["bits_per_frame"] for part in places.values()) / later
+    assert mean == pytest.approx(lik["excess_frames_from_1"] * dims, abs=0.1 + 5e-5 * dims)
+    assert lik["excess_reduction_median_frame"] == 0  # the same model
+    assert lik["excess_reduction_by_cart_place"] == {"track_centre": 0, "track_ends": 0}
     top, (height, width) = lik["excess_top_pixels"], result["frame_size"]  # 1% of the positions
     assert top["pixels"] == round(0.01 * height * width) == len(top["where"])
     assert top == lik["baseline"]["excess_top_pixels"]  # the same model
