@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check worldflow envs benchmarks tests
 
 bench: $(STAMP)
-	for b in sampling denoise likelihood env_step; do \
+	for b in sampling denoise likelihood anomaly env_step; do \
 		$(PY) benchmarks/$$b.py --out benchmarks/results/$$b.json || exit 1; done
 
 clean:

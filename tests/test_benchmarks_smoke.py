@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import build
 
+from worldflow.data.collect import record_episode
 from worldflow.data.preprocess import CARTPOLE_CROP
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -150,3 +151,30 @@ def test_likelihood_benchmark_smoke(cartpole_dir, tmp_path):
     assert isinstance(term["positives"], int) and term["episodes"] == 3
     assert term["transitions"] > result["episode_frames"]["total"] - 2  # plus the extra episode
     assert term["balanced_accuracy"] is None or 0 <= term["balanced_accuracy"] <= 1
+
+
+def test_anomaly_benchmark_smoke(cartpole_dir):
+    bench = load_script("anomaly")
+    args = bench.Args(model=cartpole_dir, baseline=cartpole_dir, episodes=2, max_steps=20, every=5,
+                      rewind=3, track_end=0.02, batch=4, threads=torch.get_num_threads())
+    result = bench.run(args)
+    json.dumps(result, allow_nan=False)
+    assert result["benchmark"] == "anomaly"
+    model, baseline = result["model"], result["baseline"]
+    assert model == baseline  # the same model, the same frames
+    first = max(args.rewind, model["window"] - 1)  # the first frame with a full window
+    lengths = [  # the same episodes, played here
+        record_episode("CartPole-v1", seed=s, max_steps=20, frame_size=(16, 48), crop=CARTPOLE_CROP,
+                       policy="mixed").shape[0]
+        for s in (args.seed, args.seed + 1)
+    ]
+    steps = [t for length in lengths for t in range(first, length)]
+    assert result["frames"] == sum(lengths)
+    assert model["normal_frames"] == len(steps)
+    assert 0 < model["normal_frames_at_track_ends"] < model["normal_frames"]
+    for kind in bench.KINDS:
+        part = model[kind]
+        assert part["anomalies"] == sum((t - first) % args.every == 0 for t in steps)
+        assert 0 <= part["auroc"] <= 1 and 0 <= part["caught"] <= 1
+    with pytest.raises(ValueError, match="pass_rate"):
+        bench.run(bench.Args(model=cartpole_dir, pass_rate=1.5))

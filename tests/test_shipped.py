@@ -64,3 +64,18 @@ def test_surprise_map_points_at_the_moved_cart(models, episode):
     extra = (fake - real).sum(dim=0)  # (H, W) bits the tampering added at each pixel
     assert changed.float().mean() < 0.2  # a small region of the frame ...
     assert extra[changed].sum() > 0.5 * extra.sum() > 0  # ... holds most of the surprise
+
+
+def test_only_the_world_model_tells_anomalies_that_look_like_real_frames():
+    """A jumped, rewound or teleported frame is a real-looking picture: the frame-independent
+    baseline scores it like any frame, the world model by whether it follows from the past."""
+    from test_benchmarks_smoke import load_script
+
+    bench = load_script("anomaly")
+    result = bench.run(bench.Args(episodes=3, max_steps=40, every=5, threads=torch.get_num_threads()))
+    world, frame_alone = result["model"], result["baseline"]
+    assert world["shift"]["anomalies"] >= 15
+    for kind in ("shift", "teleport"):
+        assert world[kind]["auroc"] > 0.95, kind
+    for kind in bench.KINDS:
+        assert world[kind]["auroc"] > frame_alone[kind]["auroc"] + 0.1, kind
