@@ -127,9 +127,11 @@ def evaluate(model: wf.WorldFlow, episodes: list, args: Args, first: int, name: 
 def run(args: Args) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    for field in ("episodes", "every", "batch", "max_steps"):
+    for field in ("every", "batch", "max_steps", "shift", "rewind"):
         if getattr(args, field) < 1:
             raise ValueError(f"{field}: expected a positive integer, got {getattr(args, field)}")
+    if args.episodes < 2:  # a teleported frame comes from another episode
+        raise ValueError(f"episodes: expected at least 2, got {args.episodes}")
     if not 0 < args.pass_rate < 1:
         raise ValueError(f"pass_rate: expected a share in (0, 1), got {args.pass_rate}")
     model = wf.WorldFlow.from_pretrained(args.model)

@@ -176,5 +176,6 @@ def test_anomaly_benchmark_smoke(cartpole_dir):
         part = model[kind]
         assert part["anomalies"] == sum((t - first) % args.every == 0 for t in steps)
         assert 0 <= part["auroc"] <= 1 and 0 <= part["caught"] <= 1
-    with pytest.raises(ValueError, match="pass_rate"):
-        bench.run(bench.Args(model=cartpole_dir, pass_rate=1.5))
+    for bad in ({"pass_rate": 1.5}, {"episodes": 1}, {"shift": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            bench.run(bench.Args(model=cartpole_dir, **bad))
