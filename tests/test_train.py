@@ -28,11 +28,9 @@ import worldflow as wf
 from worldflow import cli
 from worldflow.data import ClipDataset, collect, load_dataset
 from worldflow.denoiser import score_target
-from worldflow.errors import ConfigError
 from worldflow.train import (
     TrainConfig,
     build_model,
-    check_config,
     command_line,
     compute_gradients,
     heads_losses,
@@ -78,34 +76,6 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------------------- the step
-def test_alone_fraction_scores_those_clips_frame_by_frame(data):
-    """The flow loss with alone_fraction: the first clips' frames as one-frame videos, the
-    rest with their past, weighted by frames; checked against `frame_nll` (nats a frame)."""
-    tensordict, meta = load_dataset(data)
-    model = randomize(build_model(config(data, "unused"), meta), seed=1)
-    batch = sample_batch(ClipDataset(tensordict, 4), 4, step_generator(0, 0, 0))
-    pairs = sample_pairs(tensordict, transitions(tensordict, ClipDataset(tensordict, 4).episodes), 8,
-                         0.5, step_generator(0, 0, 2))
-    sigma, dims = model.config.noise_std, model.config.dims_per_frame
-    losses = compute_gradients(model, batch, sigma, pairs, ("flow",), alone_fraction=0.5)
-
-    x = wf.codec.frames_to_model(batch["frames"]) + sigma * batch["noise"]
-    with torch.no_grad():
-        past = model.frame_nll(x[2:], batch["actions"][2:])  # (2, 4)
-        alone = model.frame_nll(x[:2].flatten(0, 1)[:, None])  # (8, 1)
-        clip_alone = model.frame_nll(x[:1], batch["actions"][:1])[0, 1:]  # frames 1.. with a past
-    expected = torch.cat([past.flatten(), alone.flatten()]).mean() / dims - 0.5 * math.log(2 * math.pi)
-    assert losses["flow_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert (clip_alone - alone[1:4, 0]).abs().min() > 1e-3  # alone is not the clip's own scoring
-    assert all(p.grad is not None for p in model.deep_block.parameters() if p.requires_grad)
-
-    with pytest.raises(ConfigError, match="alone_fraction"):
-        check_config(config(data, "unused", alone_fraction=1.0), 1)
-    with pytest.raises(ConfigError, match="alone_fraction.*denoiser"):
-        check_config(config(data, "unused", alone_fraction=0.25), 1)  # the default trains it
-    check_config(config(data, "unused", alone_fraction=0.25, train_parts=["flow", "heads"]), 1)
-
-
 def test_fused_step_gives_the_specified_gradients(data):
     """One backward yields what flow loss + score_target (2nd backward) + MSE + heads give."""
     tensordict, meta = load_dataset(data)

@@ -127,10 +127,6 @@ class TrainConfig:
     ema_decay: float | None = None  # average the weights, ema = decay * ema + (1 - decay) * w
     # after each step; validation and model/ then use the average (None: the last weights)
     noise_std: float | None = None  # training noise sigma, model units; None: the preset's
-    alone_fraction: float = 0.0  # share of each batch's clips whose frames the flow scores
-    # each on its own (a one-frame video: no past, no action), so that it also learns to draw
-    # a frame without its past; the rest as usual. Needs a frozen denoiser (its target is
-    # the score given the past)
     val_every: int = 250
     val_batches: int = 4
     checkpoint_every: int = 500
@@ -373,16 +369,14 @@ def heads_losses(model: WorldFlow, pairs: dict[str, Tensor]) -> tuple[Tensor, Te
 
 
 def compute_gradients(model: WorldFlow, batch: dict, sigma: float, pairs: dict,
-                      parts: tuple[str, ...] = PARTS, alone_fraction: float = 0.0) -> dict:
+                      parts: tuple[str, ...] = PARTS) -> dict:
     """Forward once, fill every parameter's .grad; returns the (detached) losses.
 
     `parts` are the optimizers that step (`optimizer_parts`). The score target is
     d(flow loss)/dx times x.numel() * sigma, exactly `denoiser.score_target`, but read from
     x.grad after the backward that trains the flow instead of a second backward through the
     flow (a quarter of the step's cost). Without the denoiser no input gradient is taken,
-    so a frozen half of the flow is run without building a graph. `alone_fraction` of the
-    clips (the first ones) are scored frame by frame, each as a one-frame video; the flow
-    loss stays a mean over all frames' dimensions.
+    so a frozen half of the flow is run without building a graph.
     """
     if "flow" not in parts and "denoiser" not in parts:  # heads alone: no flow pass needed
         reward, termination = heads_losses(model, pairs)
@@ -391,15 +385,8 @@ def compute_gradients(model: WorldFlow, batch: dict, sigma: float, pairs: dict,
     device = model.device
     x_clean = frames_to_model(batch["frames"].to(device))
     x = (x_clean + sigma * batch["noise"].to(device)).requires_grad_("denoiser" in parts)
-    actions, clips = batch["actions"].to(device), x.shape[0]
-    alone = round(alone_fraction * clips)
-    flow = 0.0
-    if alone < clips:
-        z, logdets, _ = model.flow_forward(x[alone:], actions[alone:])
-        flow = model.reference_loss(z, logdets) * ((clips - alone) / clips)
-    if alone:
-        z, logdets, _ = model.flow_forward(x[:alone].flatten(0, 1)[:, None])
-        flow = flow + model.reference_loss(z, logdets) * (alone / clips)
+    z, logdets, _ = model.flow_forward(x, batch["actions"].to(device))
+    flow = model.reference_loss(z, logdets)
     flow.backward()  # a frozen flow: only x.grad
     losses = {"flow_loss": flow}
     if "denoiser" in parts:
@@ -684,12 +671,6 @@ def check_config(cfg: TrainConfig, world: int) -> None:
                           f"got {cfg.heads_terminal_fraction}")
     if cfg.new_lr is not None and not cfg.new_lr > 0.0:
         raise ConfigError(f"new_lr: expected a positive number or null, got {cfg.new_lr}")
-    if not 0.0 <= cfg.alone_fraction < 1.0:
-        raise ConfigError(f"alone_fraction: expected a share in [0, 1), got {cfg.alone_fraction}")
-    if cfg.alone_fraction and "denoiser" in optimizer_parts(cfg.train_parts):
-        raise ConfigError(f"alone_fraction: expected 0 while the denoiser trains (its target is the "
-                          f"score given the past), got {cfg.alone_fraction} with "
-                          f"train_parts={list(cfg.train_parts)}")
     if cfg.ema_decay is not None and not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"ema_decay: expected a number in [0, 1) or null, got {cfg.ema_decay}")
     if cfg.ema_decay is not None and cfg.fsdp:
@@ -800,7 +781,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
                              step_generator(cfg.seed, step, BATCH_STREAM), rank, world)
         pairs = sample_pairs(tensordict, train_pairs, cfg.heads_batch, cfg.heads_terminal_fraction,
                              step_generator(cfg.seed, step, HEADS_STREAM), rank, world)
-        losses = compute_gradients(model, batch, sigma, pairs, tuple(optimizers), cfg.alone_fraction)
+        losses = compute_gradients(model, batch, sigma, pairs, tuple(optimizers))
         if world > 1 and not cfg.fsdp:
             average_gradients([p for params in groups.values() for p in params])
         for name, optimizer in optimizers.items():
