@@ -31,7 +31,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 import worldflow as wf
-from worldflow.benchmarking import benchmark_main, machine
+from worldflow.benchmarking import benchmark_main, load_baseline, machine
 from worldflow.data.collect import record_episode
 
 KINDS = ("shift", "rewind", "teleport")
@@ -145,11 +145,7 @@ def run(args: Args) -> dict:
     ]
     models = {"model": model}
     if args.baseline:
-        models["baseline"] = base = wf.WorldFlow.from_pretrained(args.baseline)
-        if tuple(base.config.frame_size) != tuple(cfg.frame_size):
-            raise ValueError(
-                f"baseline: expected frames of {list(cfg.frame_size)}, got {list(base.config.frame_size)}"
-            )
+        models["baseline"] = load_baseline(args.baseline, model)
     # the same frames for every model: from the first step with a full window for all
     first = max(args.rewind, *(m.config.max_frames - 1 for m in models.values()))
     results = {name: evaluate(m, episodes, args, first, name) for name, m in models.items()}

@@ -87,7 +87,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tqdm import tqdm
 
 import worldflow as wf
-from worldflow.benchmarking import benchmark_main
+from worldflow.benchmarking import benchmark_main, load_baseline
 from worldflow.codec import frames_to_model
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
 from worldflow.data.collect import record_episode
@@ -173,10 +173,11 @@ def likelihood(
             if not suffix:
                 maps.append(excess.sum(dim=1))  # (T - 1, H, W)
     all_frames = torch.cat(bits).double().mean().item()
-    later = torch.cat([b[1:] for b in bits]).double().mean().item()
+    later_bits = torch.cat([b[1:] for b in bits]).double()  # frames >= 1
+    later = later_bits.mean().item()
     first = torch.stack([b[0] for b in bits]).double().mean().item()
     excess_map = torch.cat(maps).mean(0)  # (H, W) bits a frame at each pixel
-    frame_excess = (torch.cat([b[1:] for b in bits]).double() - floor) * model.config.dims_per_frame
+    frame_excess = (later_bits - floor) * model.config.dims_per_frame
     ends = torch.cat(cart_x).abs() >= track_end
     by_place = {
         name: {"frames": int(mask.sum()),
@@ -510,11 +511,7 @@ def run(args: Args) -> dict:
     )
     maps = {"model": excess_map}
     if args.baseline:
-        base = wf.WorldFlow.from_pretrained(args.baseline)
-        if tuple(base.config.frame_size) != tuple(cfg.frame_size):
-            raise ValueError(
-                f"baseline: expected frames of {list(cfg.frame_size)}, got {list(base.config.frame_size)}"
-            )
+        base = load_baseline(args.baseline, model)
         base_lik, maps["baseline"] = likelihood(
             base, episodes, args.seed, "log_prob baseline", background, args.fg_threshold, args.track_end
         )

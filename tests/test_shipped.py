@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from test_benchmarks_smoke import load_script
 
 import worldflow as wf
 from worldflow.checkpoint import ASSETS
@@ -69,8 +70,6 @@ def test_surprise_map_points_at_the_moved_cart(models, episode):
 def test_only_the_world_model_tells_anomalies_that_look_like_real_frames():
     """A jumped, rewound or teleported frame is a real-looking picture: the frame-independent
     baseline scores it like any frame, the world model by whether it follows from the past."""
-    from test_benchmarks_smoke import load_script
-
     bench = load_script("anomaly")
     result = bench.run(bench.Args(episodes=3, max_steps=40, every=5, threads=torch.get_num_threads()))
     world, frame_alone = result["model"], result["baseline"]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .model import WorldFlow
+
 
 def benchmark_main(args_type: type, run: Callable[[object], dict], doc: str | None) -> dict:
     """Parse `--field value` for every field of `args_type`, run, print one JSON line and,
@@ -31,6 +33,18 @@ def benchmark_main(args_type: type, run: Callable[[object], dict], doc: str | No
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(line + "\n")
     return result
+
+
+def load_baseline(name: str, model: WorldFlow) -> WorldFlow:
+    """The model `name` to compare `model` with, on the same frames: a clear error if its
+    frame size differs."""
+    base = WorldFlow.from_pretrained(name)
+    if tuple(base.config.frame_size) != tuple(model.config.frame_size):
+        raise ValueError(
+            f"baseline: expected frames of {list(model.config.frame_size)}, "
+            f"got {list(base.config.frame_size)}"
+        )
+    return base
 
 
 def machine() -> dict:
