@@ -5,7 +5,7 @@ world lives on the env object except the model and the seeding generators of `re
 The env is not batch-locked: one with `batch_size=()` steps TensorDicts of any batch shape.
 
 State layout, under `"state"` (batch-leading, fixed sizes; F = max_frames, N tokens of
-size c a frame, S text tokens, G = max(denoiser_window - 1, shallow_history, prior_frames)):
+size c a frame, S text tokens, G = denoiser_window - 1):
 
 | key            | shape                                  | meaning                                 |
 |----------------|----------------------------------------|-----------------------------------------|

@@ -167,8 +167,7 @@ class DreamWorld:
         self.observation_space = spaces.Box(0, 255, (*cfg.frame_size, cfg.channels), np.uint8)
         self.dims = cfg.dims_per_frame
         self.floor = noise_floor_bits(cfg.noise_std)
-        # past frames the denoiser sees, the shallow blocks' pixel history, the latent prior's
-        self.keep = max(cfg.denoiser_window - 1, cfg.shallow_history, cfg.prior_frames, 0)
+        self.keep = max(cfg.denoiser_window - 1, 0)  # past frames the denoiser sees
 
     # ------------------------------------------------------------------ boundary checks
     def check_actions(self, actions, batch: tuple[int, ...], name: str = "action") -> Tensor | None:

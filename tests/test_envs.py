@@ -232,11 +232,10 @@ def test_observe_scores_a_real_frame_like_log_prob(model):
     assert env.step(1)[4]["frame_index"] == 3
 
 
-def test_observe_scores_frames_like_log_prob_with_token_histories():
-    """A model whose shallow blocks read the pixels of as many frames before as the
-    denoiser sees (and whose deep block reads its own history): observing real frames one
-    at a time, past a window slide, scores each as `log_prob` of the whole video does."""
-    model = cartpole_model(past_attention=True, deep_history=2, shallow_history=4)
+def test_observe_scores_frames_one_at_a_time_like_log_prob():
+    """Observing real frames one at a time, past a window slide, scores each as
+    `log_prob` of the whole video does."""
+    model = cartpole_model()
     env = WorldFlowEnv(model, context_noise=False)
     gen = torch.Generator().manual_seed(3)
     frames = torch.randint(0, 256, (11, 16, 16, 3), dtype=torch.uint8, generator=gen)

@@ -82,13 +82,12 @@ def test_state_in_the_tensordict_determines_the_step(model):
 
 
 @pytest.fixture(scope="module")
-def history_model():
-    """Attention to the past and both token histories: the state carries the pixel history."""
-    return cartpole_model(max_frames=4, context_frames=2, past_attention=True, deep_history=2,
-                          shallow_history=4)
+def short_window_model():
+    """An attention window of 4 frames: the 6-step episodes slide it."""
+    return cartpole_model(max_frames=4, context_frames=2)
 
 
-@pytest.mark.parametrize("kind", ["model", "history_model"])
+@pytest.mark.parametrize("kind", ["model", "short_window_model"])
 def test_serial_env_of_two_matches_the_batched_env_stepwise(kind, request):
     model = request.getfixturevalue(kind)
     batched = WorldFlowTorchRLEnv(model, batch_size=(2,), max_episode_steps=6)

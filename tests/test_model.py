@@ -10,20 +10,6 @@ import worldflow as wf
 from worldflow.config import SamplerConfig
 
 TIGHT = SamplerConfig("jacobi", threshold=1e-12)
-PRIOR = {"prior_depth": 1, "prior_frames": 2, "prior_width": 64}  # a latent prior reading 2 frames
-
-
-@pytest.fixture(
-    params=[{}, {"past_attention": True}, {"past_attention": True, "deep_history": 2, "shallow_history": 2},
-            {"max_frames": 1, "context_frames": 0, **PRIOR}],
-    ids=["", "past_attention", "history", "prior"],
-)
-def tiny(request):
-    """The randomized `tiny` world model; the same with its own attention to the past; and
-    with that and the deep and shallow blocks' token histories too; and a frame-independent
-    flow whose frames' latents are drawn given the two frames before (the latent prior).
-    Randomized like every weight, so the past counts: every contract below holds for each."""
-    return build(num_actions=2, **request.param)
 
 
 def video(batch=2, frames=4, scale=1.0, seed=0):
@@ -222,80 +208,6 @@ def test_window_of_one_frame_makes_frames_independent():
     torch.testing.assert_close(each.dim_bits.transpose(0, 1), whole.dim_bits, rtol=0, atol=1e-4)
 
 
-def open_past(model: wf.WorldFlow, seed: int = 0) -> None:
-    """Random weights for every zero-started path to the past: each layer's projection of
-    the attention to the past, and the token history's projection where there is one."""
-    gen = torch.Generator().manual_seed(seed)
-    weights = [layer.attn.past_proj.weight for layer in model.deep_block.transformer.layers]
-    for block in [*model.shallow_blocks, model.deep_block]:
-        if block.proj_history is not None:
-            weights.append(block.proj_history.weight)
-    with torch.no_grad():
-        for w in weights:
-            w.copy_(torch.randn(w.shape, generator=gen) / w.shape[1] ** 0.5)
-
-
-@pytest.mark.parametrize("history", [0, 2])
-def test_past_attention_at_init_scores_each_frame_alone(history):
-    """`past_attention=True` (and the token histories) with its projections at zero (as
-    built): a frame-independent model's weights (and its actions without effect) score
-    every frame exactly as that model does, and earlier frames change nothing; with the
-    projections trained, the past counts."""
-    image = build(seed=6, num_actions=2, max_frames=1, context_frames=0)
-    video_model = wf.WorldFlow.from_preset(
-        "tiny", num_actions=2, past_attention=True, deep_history=history, shallow_history=history
-    ).eval()
-    missing = video_model.load_state_dict(image.state_dict(), strict=False).missing_keys
-    assert missing and all(".attn.past_proj." in key or ".proj_history." in key for key in missing)
-    assert any(".proj_history." in key for key in missing) == bool(history)
-    with torch.no_grad():
-        video_model.actions.start_as_null()
-    x, actions = video(frames=5), torch.randint(0, 2, (2, 5))
-    nll = video_model.frame_nll(x, actions)
-    torch.testing.assert_close(nll, image.frame_nll(x, actions), rtol=1e-6, atol=0)
-    changed = x.clone()
-    changed[:, :2] = video(frames=2, seed=1)
-    assert torch.equal(video_model.frame_nll(changed, actions)[:, 2:], nll[:, 2:])
-    open_past(video_model)
-    assert (video_model.frame_nll(changed, actions)[:, 2:] - nll[:, 2:]).abs().min() > 1e-3
-    assert torch.equal(video_model.frame_nll(changed, actions)[:, 0], image.frame_nll(changed, actions)[:, 0])
-
-
-@pytest.mark.parametrize("deep, shallow", [(2, 0), (0, 2), (2, 2)])
-def test_token_histories_make_a_markov_model_of_their_order(deep, shallow):
-    """With the attention to the past shut, a model whose blocks read the same place in the
-    K frames before is Markov: frame t's score depends on frames t-K .. t-1 and not on
-    earlier ones. K is the deep history plus the shallow one, as the deep block's history
-    holds shallow outputs, which read their own pixel history (8 frames: one window)."""
-    model = build(seed=4, num_actions=2, past_attention=True, deep_history=deep, shallow_history=shallow)
-    with torch.no_grad():
-        for layer in model.deep_block.transformer.layers:
-            layer.attn.past_proj.weight.zero_()
-            layer.attn.past_proj.bias.zero_()
-    order = deep + shallow
-    x, actions = video(frames=8), torch.randint(0, 2, (2, 8))
-    nll = model.frame_nll(x, actions)
-    for t in range(8 - order):
-        changed = x.clone()
-        changed[:, t] = video(frames=1, seed=7 + t)[:, 0]
-        moved = (model.frame_nll(changed, actions) - nll).abs()
-        assert (moved[:, t : t + order + 1] > 1e-4).all()  # the frame itself and the K after it
-        assert (moved[:, t + order + 1 :] == 0).all()  # nothing beyond them
-
-
-def test_past_attention_text_model_inverts_and_caches():
-    """The text prefix belongs to no frame: a text model with attention to the past still
-    inverts, and its frame-by-frame cached scores equal the full pass."""
-    model = build(seed=3, text_dim=32, text_len=8, past_attention=True)
-    x = video(frames=3)
-    z, _ = model.encode(x, prompt="a cart")
-    assert (model.decode(z, prompt="a cart", sampler=TIGHT) - x).abs().max().item() <= 1e-4
-    state = model.start(2, prompt="a cart")
-    cached = torch.cat([model.push_context(state, x[:, t : t + 1])[1] for t in range(3)], dim=1)
-    full = model.frame_nll(x, text=model.encode_prompt("a cart", 2))
-    assert (cached - full).abs().max().item() <= 1e-5 * full.abs().max().item()
-
-
 def test_corrupted_pretrained_weights_raise(tiny, tmp_path):
     path = tiny.save_pretrained(tmp_path / "m")
     weights = path / "model.safetensors"
@@ -307,67 +219,3 @@ def test_corrupted_pretrained_weights_raise(tiny, tmp_path):
     weights.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(wf.CheckpointError):
         wf.WorldFlow.from_pretrained(path)
-
-
-def test_latent_prior_at_init_is_the_standard_normal():
-    """`prior_depth` with the prior as built (its output layer at zero): the weights of a
-    model without it score every frame exactly as that model does."""
-    source = build(seed=7, num_actions=2, max_frames=1, context_frames=0)
-    with_prior = wf.WorldFlow.from_preset("tiny", num_actions=2, max_frames=1, context_frames=0,
-                                          **PRIOR).eval()
-    missing = with_prior.load_state_dict(source.state_dict(), strict=False).missing_keys
-    assert missing and all(key.startswith("prior.") for key in missing)
-    x, actions = video(frames=5), torch.randint(0, 2, (2, 5))
-    torch.testing.assert_close(with_prior.frame_nll(x, actions), source.frame_nll(x, actions),
-                               rtol=1e-6, atol=0)
-
-
-def test_a_latent_prior_blind_to_the_past_keeps_frames_independent():
-    """`prior_frames=0`: the same prior block reading nothing of the past (the equal-size
-    frame-independent baseline of one that does): every frame scores as it would alone,
-    whatever came before and whatever the actions, and generation inverts it."""
-    model = build(seed=9, num_actions=2, max_frames=1, context_frames=0, prior_depth=1, prior_width=64)
-    x, actions = video(frames=4), torch.randint(0, 2, (2, 4))
-    nll = model.frame_nll(x, actions)
-    alone = torch.cat([model.frame_nll(x[:, t : t + 1]) for t in range(4)], dim=1)
-    torch.testing.assert_close(nll, alone, rtol=1e-6, atol=1e-4)
-    torch.testing.assert_close(model.frame_nll(x, 1 - actions), nll, rtol=0, atol=0)
-    state = model.start(batch_size=2)
-    cfg = model.config
-    z = torch.randn(2, cfg.tokens_per_frame, cfg.token_dim, generator=torch.Generator().manual_seed(0))
-    frame, _ = model.step(state, z=z, sampler=TIGHT, denoise=False)
-    latent, _ = model.encode(frame[:, None])
-    torch.testing.assert_close(model.codec.to_tokens(latent)[:, 0], z, rtol=0, atol=1e-3)
-
-
-@pytest.mark.parametrize("bad, message", [
-    ({"prior_frames": 2}, r"prior_frames: .*expected prior_depth > 0 with prior_frames=2, got prior_depth=0"),
-    ({"prior_depth": 1, "prior_width": 48},
-     r"prior_width: expected a positive multiple of head_dim=32, got 48"),
-    ({"prior_depth": -1}, r"prior_depth: expected an int >= 0, got -1"),
-])
-def test_latent_prior_config_errors_name_the_field(bad, message):
-    with pytest.raises(wf.ConfigError, match=message):
-        wf.WorldFlow.from_preset("tiny", **bad)
-
-
-def test_latent_prior_makes_a_frame_independent_flow_markov_of_its_order():
-    """A frame-independent flow with a latent prior reading K = 2 frames: frame t's score
-    depends on frames t-2, t-1 and the action between t-1 and t, and on nothing earlier;
-    frame 0, with no past, scores as it would alone."""
-    model = build(seed=8, num_actions=2, max_frames=1, context_frames=0, **PRIOR)
-    x, actions = video(frames=6), torch.randint(0, 2, (2, 6))
-    nll = model.frame_nll(x, actions)
-    torch.testing.assert_close(nll[:, :1], model.frame_nll(x[:, :1]), rtol=1e-6, atol=0)
-    for t in range(2, 6):
-        changed = x.clone()
-        changed[:, : t - 2] = video(frames=6, seed=3)[:, : t - 2]
-        assert torch.equal(model.frame_nll(changed, actions)[:, t], nll[:, t])  # too far back
-        for lag in (1, 2):
-            changed = x.clone()
-            changed[:, t - lag] = video(frames=1, seed=t + lag)[:, 0]
-            assert (model.frame_nll(changed, actions)[:, t] - nll[:, t]).abs().min() > 1e-3
-        flipped = actions.clone()
-        flipped[:, t - 1] = 1 - flipped[:, t - 1]
-        moved = model.frame_nll(x, flipped) - nll
-        assert moved[:, t].abs().min() > 1e-4 and torch.equal(moved[:, :t], torch.zeros_like(moved[:, :t]))

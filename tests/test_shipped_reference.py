@@ -28,7 +28,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "shipped_reference.json"
 MODELS = ("cartpole", "cartpole-frame-independent")
 
 pytestmark = pytest.mark.skipif(
-    not all((ASSETS / name).is_dir() for name in MODELS), reason="the shipped models are not in worldflow/assets"
+    not all((ASSETS / name).is_dir() for name in MODELS),
+    reason="the shipped models are not in worldflow/assets",
 )
 
 

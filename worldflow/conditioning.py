@@ -24,16 +24,6 @@ class ActionEmbedding(nn.Module):
         self.table = nn.Embedding(num_actions, width) if self.discrete else nn.Linear(action_dim, width)
         self.null = nn.Parameter(torch.zeros(width))
 
-    @torch.no_grad()
-    def start_as_null(self) -> None:
-        """Every action's embedding := the null one, so actions start without effect (for a
-        model whose weights come from one that never conditioned on an action)."""
-        if self.discrete:
-            self.table.weight.copy_(self.null.expand_as(self.table.weight))
-        else:  # a W^T + b with W = 0, b = null
-            self.table.weight.zero_()
-            self.table.bias.copy_(self.null)
-
     def embed(self, action: Tensor) -> Tensor:
         """(B,) int or (B, A) float -> (B, width); also works with extra leading dims."""
         return self.table(action.long() if self.discrete else action.to(self.null.dtype))

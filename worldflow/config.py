@@ -41,29 +41,6 @@ class ModelConfig:
     soft_clip: float = 4.0
     max_frames: int = 8  # deep-block attention window, in frames (1: frames independent)
     context_frames: int = 4  # frames re-encoded when a long video slides its window
-    # the deep block reads earlier frames only through a separate attention per layer whose
-    # output projection starts at zero, and every frame starts from the start token: at
-    # init a model without text scores each frame alone (a video model started from a
-    # frame-independent one with `init_flow=` then starts exactly where that one is)
-    past_attention: bool = False
-    # each deep-block token also reads the tokens at its own place in the `deep_history`
-    # frames before it in the attention window (a window's first frame has none), through
-    # a projection that starts at zero: "what was here a frame ago", without a search by
-    # attention; with `past_attention` a model still starts exactly at its `init_flow=`
-    deep_history: int = 0
-    # each shallow-block token also reads the pixels at its place in the `shallow_history`
-    # frames before it (the video's, not the window's: at most `denoiser_window`, whose
-    # frames generation keeps), through a projection that starts at zero: the shallow
-    # blocks then draw a frame from what its pixels were, where the cart is explicit
-    shallow_history: int = 0
-    # the latent prior (`worldflow.prior`): one more flow block of `prior_depth` layers
-    # (0: none) and width `prior_width` over each frame's latent tokens, reading the
-    # pixels of the `prior_frames` frames before it (at most `denoiser_window`, whose
-    # frames generation keeps) and its action; prior_frames=0: the same block blind to
-    # the past (a frame-independent twin of equal size)
-    prior_depth: int = 0
-    prior_frames: int = 0
-    prior_width: int = 192
     text_dim: int = 0  # width of text embeddings; 0: no text conditioning
     text_len: int = 0  # text tokens (prompts are padded / cut to this length)
     text_encoder: str | None = None  # None: built-in byte encoder; else a local path
@@ -150,33 +127,6 @@ class ModelConfig:
             raise ConfigError(
                 f"max_frames / context_frames: expected max_frames >= 1 and 0 <= context_frames < "
                 f"max_frames, got {self.max_frames} / {self.context_frames}"
-            )
-        if not 0 <= self.deep_history < self.max_frames:
-            raise ConfigError(
-                f"deep_history: expected 0 <= deep_history < max_frames={self.max_frames}, "
-                f"got {self.deep_history}"
-            )
-        if not 0 <= self.shallow_history <= self.denoiser_window:
-            raise ConfigError(
-                f"shallow_history: expected 0 <= shallow_history <= denoiser_window="
-                f"{self.denoiser_window}, got {self.shallow_history}"
-            )
-        if not 0 <= self.prior_frames <= self.denoiser_window:
-            raise ConfigError(
-                f"prior_frames: expected 0 <= prior_frames <= denoiser_window="
-                f"{self.denoiser_window}, got {self.prior_frames}"
-            )
-        if self.prior_depth < 0:
-            raise ConfigError(f"prior_depth: expected an int >= 0, got {self.prior_depth}")
-        if self.prior_frames and not self.prior_depth:
-            raise ConfigError(
-                f"prior_frames: the latent prior reads the past only if it exists; expected "
-                f"prior_depth > 0 with prior_frames={self.prior_frames}, got prior_depth=0"
-            )
-        if self.prior_width < 1 or self.prior_width % self.head_dim:
-            raise ConfigError(
-                f"prior_width: expected a positive multiple of head_dim={self.head_dim}, "
-                f"got {self.prior_width}"
             )
         if self.codec not in ("patch", "latent"):
             raise ConfigError(f"codec: expected 'patch' or 'latent', got {self.codec!r}")

@@ -44,14 +44,6 @@ class FlowBlock(nn.Module):
     itself, only the network that produces its scale and shift, so the block stays
     exactly invertible.
 
-    `frame_tokens` (a deep block with `ModelConfig.past_attention`): the sequence is frames
-    of that many tokens, each frame's first slot reads the start token instead of the
-    previous frame's last token, and earlier frames are reached only through each layer's
-    separate attention to them — while its projection is zero, each frame is scored alone.
-
-    `history_dim > 0` (`ModelConfig.deep_history` for the deep block, `shallow_history`
-    for the shallow ones): each slot also reads `history` (B, L, history_dim), the tokens
-    at its own place in the frames before it, through `proj_history`, which starts at zero.
     """
 
     def __init__(
@@ -62,18 +54,13 @@ class FlowBlock(nn.Module):
         head_dim: int,
         text_dim: int = 0,
         soft_clip: float = 4.0,
-        frame_tokens: int | None = None,
-        text_len: int = 0,
-        history_dim: int = 0,
     ):
         super().__init__()
         self.soft_clip = soft_clip
-        self.frame_tokens = frame_tokens
         self.sos = nn.Parameter(torch.randn(1, 1, token_dim) * 0.02)
         self.proj_in = nn.Linear(token_dim, width)
         self.proj_txt = nn.Linear(text_dim, width) if text_dim else None
-        self.proj_history = zero_linear(history_dim, width) if history_dim else None
-        self.transformer = Transformer(width, depth, head_dim, frame_tokens, text_len)
+        self.transformer = Transformer(width, depth, head_dim)
         self.proj_out = zero_linear(width, 2 * token_dim)  # start as the identity map (TARFlow)
 
     @property
@@ -98,29 +85,19 @@ class FlowBlock(nn.Module):
 
     def first_input(self, previous: Tensor | None, like: Tensor) -> Tensor:
         """The network input of a frame's first slot, (batch, 1, c): the previous frame's
-        last token `previous`, or the start token at a video's start or with `frame_tokens`."""
-        if previous is None or self.frame_tokens is not None:
-            return self.start_token(like.shape[0], like)
-        return previous
+        last token `previous`, or the start token at a video's start."""
+        return self.start_token(like.shape[0], like) if previous is None else previous
 
     def shifted(self, u: Tensor, previous: Tensor | None = None) -> Tensor:
         """The network inputs for a sequence starting at a frame boundary:
-        [first_input(previous), u_0, ..., u_{L-2}] (with `frame_tokens`, the start token
-        begins every frame)."""
-        inputs = torch.cat([self.first_input(previous, u), u[:, :-1]], dim=1)
-        if self.frame_tokens is not None:
-            inputs[:, :: self.frame_tokens] = self.start_token(u.shape[0], u)
-        return inputs
+        [first_input(previous), u_0, ..., u_{L-2}]."""
+        return torch.cat([self.first_input(previous, u), u[:, :-1]], dim=1)
 
-    def slot_inputs(self, inputs: Tensor, cond: Tensor | None, history: Tensor | None) -> Tensor:
-        """The network's input stream (B, L, width): shifted tokens, plus the slots'
-        condition embeddings and (projected) token history where given."""
+    def slot_inputs(self, inputs: Tensor, cond: Tensor | None) -> Tensor:
+        """The network's input stream (B, L, width): shifted tokens plus the slots'
+        condition embeddings where given."""
         h = self.proj_in(inputs)
-        if cond is not None:
-            h = h + cond
-        if history is not None:
-            h = h + self.proj_history(history)
-        return h
+        return h if cond is None else h + cond
 
     # ------------------------------------------------------------------ data -> noise
     def forward(
@@ -130,14 +107,12 @@ class FlowBlock(nn.Module):
         sin: Tensor,
         text: Tensor | None = None,
         cond: Tensor | None = None,
-        history: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """u: (B, L, c) -> v: (B, L, c), elementwise log-det (B, L, c). No cache.
 
-        cos/sin cover the text slots then the L token slots; cond: (B, L, width);
-        history: (B, L, history_dim).
+        cos/sin cover the text slots then the L token slots; cond: (B, L, width).
         """
-        h = self.slot_inputs(self.shifted(u), cond, history)
+        h = self.slot_inputs(self.shifted(u), cond)
         text_len = 0
         if text is not None:
             text_len = text.shape[1]
@@ -156,7 +131,6 @@ class FlowBlock(nn.Module):
         cache: KVCache,
         cond: Tensor | None = None,
         guidance: float = 0.0,
-        history: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One inversion step of a chunk: u = v * a + b, with a, b computed from `inputs`.
 
@@ -165,7 +139,7 @@ class FlowBlock(nn.Module):
         reject them). With `guidance > 0` the cache holds 2B items, the conditional half
         first; both halves get the same input and the guided a, b. Returns u and a.
         """
-        h = self.slot_inputs(inputs, cond, history)
+        h = self.slot_inputs(inputs, cond)
         guided = guidance > 0
         if guided:
             h = torch.cat([h, h])

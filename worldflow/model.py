@@ -3,7 +3,6 @@
     x (B, T, C, H, W) --patch codec--> tokens (B, T, N, c)
       --shallow blocks (each frame alone)--> --deep block (all frames, causal in time;
       text prefix; action a_t conditions frame t+1)--> z ~ N(0, I)
-      (with `prior_depth`, one more per-frame block reading the frames before: `worldflow.prior`)
 
 log p(x) = log N(z; 0, I) + sum of the blocks' log-dets, exact. Generation inverts it
 frame by frame (`worldflow.sampling`); a causal denoiser cleans each frame in one step.
@@ -27,7 +26,6 @@ from .errors import WorldFlowError
 from .flow import FlowBlock
 from .heads import TaskHeads
 from .nn import rope_table
-from .prior import LatentPrior
 from .sampling import VideoState
 
 
@@ -57,23 +55,14 @@ class WorldFlow(nn.Module):
         self.codec = PatchCodec(cfg.patch_size, cfg.frame_size)
         c = cfg.token_dim
         self.shallow_blocks = nn.ModuleList(
-            FlowBlock(c, cfg.shallow_width, cfg.shallow_depth, cfg.head_dim, soft_clip=cfg.soft_clip,
-                      history_dim=cfg.shallow_history * (c + 1))
+            FlowBlock(c, cfg.shallow_width, cfg.shallow_depth, cfg.head_dim, soft_clip=cfg.soft_clip)
             for _ in range(cfg.shallow_blocks)
         )
         self.deep_block = FlowBlock(
-            c, cfg.deep_width, cfg.deep_depth, cfg.head_dim, text_dim=cfg.text_dim, soft_clip=cfg.soft_clip,
-            frame_tokens=cfg.tokens_per_frame if cfg.past_attention else None, text_len=cfg.text_len,
-            history_dim=cfg.deep_history * (c + 1),
+            c, cfg.deep_width, cfg.deep_depth, cfg.head_dim, text_dim=cfg.text_dim, soft_clip=cfg.soft_clip
         )
         self.actions = (
             ActionEmbedding(cfg.deep_width, cfg.num_actions, cfg.action_dim) if cfg.has_actions else None
-        )
-        cond_dim = cfg.deep_width if cfg.has_actions else 0
-        self.prior = (
-            LatentPrior(cfg.grid, c, cfg.prior_frames, cfg.prior_width, cfg.prior_depth, cfg.head_dim,
-                        cond_dim, cfg.soft_clip)
-            if cfg.prior_depth else None
         )
         self.text_encoder = (
             ByteTextEncoder(cfg.text_dim, cfg.text_len) if cfg.has_text and cfg.text_encoder is None else None
@@ -122,58 +111,17 @@ class WorldFlow(nn.Module):
         """Natural <-> deep-block token order within frames, (..., N, c) (an involution)."""
         return tokens.flip(-2) if self.flips(self.config.shallow_blocks) else tokens
 
-    def deep_history(self, earlier: Tensor, new: Tensor) -> Tensor | None:
-        """What the deep-block inputs `new` (B, F, N, c) read of their past
-        (`ModelConfig.deep_history`), `earlier` (B, F0, N, c) being the window's frames
-        before them: (B, F N, K (c + 1)) in slot order (`history_features`), or None."""
-        lags = self.config.deep_history
-        return history_features(earlier[:, -lags:], new, lags).flatten(1, 2) if lags else None
-
-    def shallow_history(self, recent: Tensor, new: Tensor) -> Tensor | None:
-        """What the shallow blocks read of the pixel tokens `new` (B, F, N, c)'s past
-        (`ModelConfig.shallow_history`), `recent` (B, G, C, H, W) being the video's frames
-        before them: (B F, N, K (c + 1)) in natural order (`history_features`), or None."""
-        lags = self.config.shallow_history
-        if not lags:
-            return None
-        return history_features(self._recent_tokens(recent, lags), new, lags).flatten(0, 1)
-
-    def _recent_tokens(self, recent: Tensor, lags: int) -> Tensor:
-        """The pixel tokens (B, <= lags, N, c) of the last `lags` frames of `recent`."""
-        return self.codec.to_tokens(recent[:, max(recent.shape[1] - lags, 0) :])
-
-    def prior_inputs(self, recent: Tensor, new: Tensor, cond: Tensor | None):
-        """What the latent prior's block reads for the frames whose pixel tokens are `new`
-        (B, F, N, c), `recent` (B, G, C, H, W) being the video's frames before them and
-        `cond` (B, F, width) the frames' condition embeddings (`worldflow.prior`): its
-        history (B F, N, h) and per-slot condition (B F, N, prior_width), each or None."""
-        lags = self.config.prior_frames
-        if not lags:
-            return None, None
-        past = history_features(self._recent_tokens(recent, lags), new, lags)
-        return self.prior.features(past), self.prior.slot_cond(cond, new.shape[2])
-
-    def _prior_forward(self, z: Tensor, recent: Tensor, pixels: Tensor, cond: Tensor | None):
-        """The latent prior's block over the deep block's output z (B, F, N, c), natural
-        order: eps and elementwise log-det, (B, F, N, c) each."""
-        history, slot_cond = self.prior_inputs(recent, pixels, cond)
-        cos, sin = self.shallow_rope()
-        eps, logdet = self.prior.block(z.flatten(0, 1), cos, sin, cond=slot_cond, history=history)
-        return eps.view_as(z), logdet.view_as(z)
-
-    def _shallow_forward(self, tokens: Tensor, history: Tensor | None):
-        """Shallow blocks over pixel tokens (B, F, N, c), each frame alone (with its pixel
-        history): block outputs and elementwise log-dets, natural order, and each block's
-        input, output and log-det in its own order (B F, N, c)."""
+    def _shallow_forward(self, tokens: Tensor):
+        """Shallow blocks over pixel tokens (B, F, N, c), each frame alone: block outputs
+        and elementwise log-dets, natural order, and each block's input, output and log-det
+        in its own order (B F, N, c)."""
         cos, sin = self.shallow_rope()
         outputs, logdets, maps = [], [], []
         for i, block in enumerate(self.shallow_blocks):
             u = tokens.flatten(0, 1)
-            hist = history
             if self.flips(i):
                 u = u.flip(1)
-                hist = None if history is None else history.flip(1)
-            v, logdet = block(u, cos, sin, history=hist)
+            v, logdet = block(u, cos, sin)
             maps.append((u, v, logdet))
             tokens = (v.flip(1) if self.flips(i) else v).view_as(tokens)
             outputs.append(tokens)
@@ -282,13 +230,12 @@ class WorldFlow(nn.Module):
     def flow_forward(self, x: Tensor, actions: Tensor | None = None, text: Tensor | None = None):
         """x (B, T, C, H, W) -> z tokens (B, T, N, c), log-dets, block outputs.
 
-        logdets[i]: (B, T, N, c) elementwise, in block i's token order (the latent prior's,
-        last with `prior_depth`, in natural order). outputs[0] is the patchified input,
-        outputs[i + 1] block i's output (then the prior's), natural order.
+        logdets[i]: (B, T, N, c) elementwise, in block i's token order. outputs[0] is the
+        patchified input, outputs[i + 1] block i's output, natural order.
         """
         b, t = x.shape[:2]
         tokens = self.codec.to_tokens(x)
-        shallow, logdets, _ = self._shallow_forward(tokens, self.shallow_history(x[:, :0], tokens))
+        shallow, logdets, _ = self._shallow_forward(tokens)
         outputs = [tokens, *shallow]
         tokens = outputs[-1]
         cond = self._frame_cond(actions, b, t)
@@ -296,10 +243,6 @@ class WorldFlow(nn.Module):
         tokens = self.deep_order(v)
         outputs.append(tokens)
         logdets.append(logdet)
-        if self.prior is not None:
-            tokens, logdet = self._prior_forward(tokens, x[:, :0], outputs[0], cond)
-            outputs.append(tokens)
-            logdets.append(logdet)
         return tokens, logdets, outputs
 
     def _deep_forward(self, u: Tensor, text: Tensor | None, cond: Tensor | None):
@@ -319,8 +262,7 @@ class WorldFlow(nn.Module):
                 seg_cond[:, 0] = self.actions.null
                 seg_cond = seg_cond.repeat_interleave(n, dim=1)
             cos, sin = self.deep_rope(hi - lo, text_len)
-            history = self.deep_history(u[:, lo:lo], u[:, lo:hi])
-            v, logdet = self.deep_block(u[:, lo:hi].flatten(1, 2), cos, sin, text, seg_cond, history)
+            v, logdet = self.deep_block(u[:, lo:hi].flatten(1, 2), cos, sin, text, seg_cond)
             new = start - lo
             outs.append(v.view(b, hi - lo, n, c)[:, new:])
             logdets.append(logdet.view(b, hi - lo, n, c)[:, new:])
@@ -347,7 +289,7 @@ class WorldFlow(nn.Module):
     def dim_nll(self, x: Tensor, actions: Tensor | None = None, text: Tensor | None = None) -> Tensor:
         """(B, T, C, H, W) terms of `frame_nll`, one per pixel and channel, nats, model units.
 
-        Every block scales each dimension by its own factor and the prior factorises, so the
+        Every block scales each dimension by its own factor and N(0, I) factorises, so the
         frame's NLL is exactly the sum over dimensions of 0.5 z_d^2 + 0.5 log 2 pi minus the
         blocks' log-scales at d. Where the frame's cost lies (the cart, the background)
         shows in this map; how it shares out depends on the flow's token orders.
@@ -357,10 +299,8 @@ class WorldFlow(nn.Module):
         for i, logdet in enumerate(logdets):  # each in its block's token order
             if i < len(self.shallow_blocks):
                 nll = nll - (logdet.flip(2) if self.flips(i) else logdet)
-            elif i == len(self.shallow_blocks):
+            else:
                 nll = nll - self.deep_order(logdet)
-            else:  # the latent prior's, natural order
-                nll = nll - logdet
         return self.codec.from_tokens(nll)
 
     def encode(self, x: Tensor, actions=None, prompt=None) -> tuple[Tensor, Tensor]:
@@ -456,8 +396,8 @@ class WorldFlow(nn.Module):
         """
         cfg = self.config
         b, f = x.shape[:2]
-        tokens = pixels = self.codec.to_tokens(x)
-        outputs, _, maps = self._shallow_forward(tokens, self.shallow_history(state.recent, tokens))
+        tokens = self.codec.to_tokens(x)
+        outputs, _, maps = self._shallow_forward(tokens)
         log_scale = x.new_zeros(b, f)
         for i, (u, v, logdet) in enumerate(maps):
             affine = sampling.pack_affine(u, v, torch.exp(-logdet))  # (B F, N, 2c)
@@ -484,9 +424,6 @@ class WorldFlow(nn.Module):
         v = torch.cat(zs, dim=1)
         state.prev_affine[-1] = sampling.pack_affine(deep[:, -1], v[:, -1], log_a[:, -1].exp())[:, None]
         z = self.deep_order(v)
-        if self.prior is not None:
-            z, logdet = self._prior_forward(z, state.recent, pixels, cond)
-            log_scale -= logdet.sum(dim=(2, 3))
         nll = 0.5 * z.pow(2).sum(dim=(2, 3)) + 0.5 * cfg.dims_per_frame * self.LOG_2PI + log_scale
         state.recent = torch.cat([state.recent, x], dim=1)[:, -cfg.denoiser_window :]
         state.frame_index += f
@@ -678,18 +615,6 @@ class WorldFlow(nn.Module):
                 f"{name}: expected shape (B, T, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
             )
         return x.to(self.device, self.dtype)
-
-
-def history_features(earlier: Tensor, new: Tensor, lags: int) -> Tensor:
-    """For each token of the frames `new` (B, F, N, c), which follow the frames `earlier`
-    (B, F0, N, c): the tokens at its place in the `lags` frames before it, each followed by
-    a 1, or zeros where there is no such frame; (B, F, N, lags (c + 1)), the nearest first."""
-    frames = torch.cat([earlier, new], dim=1)
-    b, f, n, c = frames.shape
-    marked = torch.cat([frames, frames.new_ones(b, f, n, 1)], dim=-1)
-    padded = torch.cat([marked.new_zeros(b, lags, n, c + 1), marked], dim=1)
-    start = lags + earlier.shape[1]  # the first new frame, in padded
-    return torch.cat([padded[:, start - k : lags + f - k] for k in range(1, lags + 1)], dim=-1)
 
 
 def _generator(seed, device) -> torch.Generator | None:

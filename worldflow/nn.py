@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -149,49 +148,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-class FrameMasks(NamedTuple):
-    """Attention masks (queries, keys) of a sequence of frames, for `SelfAttention(reads_past)`.
-
-    own: the causal keys of the query's own frame and the text prefix. earlier: the keys of
-    earlier frames; a row with none (a video's first frame) sees every key instead, and
-    `seen` (queries, 1) zeroes its output.
-    """
-
-    own: Tensor
-    earlier: Tensor
-    seen: Tensor
-
-    @classmethod
-    def of(cls, queries: int, offset: int, prefix: int, frame_tokens: int, device) -> FrameMasks:
-        """Queries are slots offset .. offset + queries - 1, keys 0 .. offset + queries - 1;
-        slots are `prefix` text slots, then frames of `frame_tokens` slots. Text slots
-        belong to no frame and are never "earlier"."""
-        q = torch.arange(offset, offset + queries, device=device)[:, None]
-        k = torch.arange(offset + queries, device=device)[None]
-        frame_q = torch.div(q - prefix, frame_tokens, rounding_mode="floor")
-        frame_k = torch.div(k - prefix, frame_tokens, rounding_mode="floor")
-        earlier = (frame_k < frame_q) & (k >= prefix)
-        seen = earlier.any(-1, keepdim=True)
-        return cls((k <= q) & ~earlier, earlier | ~seen, seen)
-
-
 class SelfAttention(nn.Module):
-    """Causal multi-head self-attention with rotary positions.
+    """Causal multi-head self-attention with rotary positions."""
 
-    `reads_past`: keys of earlier frames are attended to separately (their own softmax), and
-    that output enters through a projection of its own that starts at zero: at init each
-    query sees only its own frame (and the text), as a frame-independent model, and the
-    projection learns from its first step (a scalar gate on the past, tried first, stayed
-    shut: the gate and the projections behind it each wait for the other to move).
-    """
-
-    def __init__(self, width: int, head_dim: int, reads_past: bool = False):
+    def __init__(self, width: int, head_dim: int):
         super().__init__()
         self.head_dim = head_dim
         self.norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
-        self.past_proj = zero_linear(width, width) if reads_past else None
 
     def forward(
         self,
@@ -201,7 +166,6 @@ class SelfAttention(nn.Module):
         mask: Tensor | None,
         cache: KVCache | None,
         layer: int,
-        frames: FrameMasks | None = None,
     ) -> Tensor:
         # h: (B, L, width); cos/sin: rows of the new slots
         q, k, v = rearrange(
@@ -210,14 +174,8 @@ class SelfAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:  # keys are cached after rotation: a slot's angle never changes
             k, v = cache.write(layer, k, v)
-        if self.past_proj is None or frames is None:
-            out = attention(q, k, v, mask, causal=True)
-            return self.proj(rearrange(out, "b n l d -> b l (n d)"))
-        own = attention(q, k, v, frames.own, causal=True)
-        earlier = attention(q, k, v, frames.earlier, causal=True)
-        return self.proj(rearrange(own, "b n l d -> b l (n d)")) + self.past_proj(
-            rearrange(earlier, "b n l d -> b l (n d)")
-        ) * frames.seen.to(own.dtype)
+        out = attention(q, k, v, mask, causal=True)
+        return self.proj(rearrange(out, "b n l d -> b l (n d)"))
 
 
 class MLP(nn.Module):
@@ -232,13 +190,13 @@ class MLP(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, width: int, head_dim: int, reads_past: bool = False):
+    def __init__(self, width: int, head_dim: int):
         super().__init__()
-        self.attn = SelfAttention(width, head_dim, reads_past)
+        self.attn = SelfAttention(width, head_dim)
         self.mlp = MLP(width)
 
-    def forward(self, h, cos, sin, mask, cache, layer, frames=None):
-        h = h + self.attn(h, cos, sin, mask, cache, layer, frames)
+    def forward(self, h, cos, sin, mask, cache, layer):
+        h = h + self.attn(h, cos, sin, mask, cache, layer)
         return h + self.mlp(h)
 
 
@@ -246,17 +204,12 @@ class Transformer(nn.Module):
     """A stack of pre-norm layers and a final RMSNorm.
 
     With a `cache`, `h` holds the newest slots only; their keys and values are written
-    after the cached ones and `cache.length` advances by `h.shape[1]`. With `frame_tokens`
-    set, every layer reads earlier frames through its own zero-initialised projection
-    (`SelfAttention`, `reads_past`); the slots are `prefix` text slots, then frames of
-    `frame_tokens` slots.
+    after the cached ones and `cache.length` advances by `h.shape[1]`.
     """
 
-    def __init__(self, width: int, depth: int, head_dim: int, frame_tokens: int | None = None,
-                 prefix: int = 0):
+    def __init__(self, width: int, depth: int, head_dim: int):
         super().__init__()
-        self.frame_tokens, self.prefix = frame_tokens, prefix
-        self.layers = nn.ModuleList(Layer(width, head_dim, frame_tokens is not None) for _ in range(depth))
+        self.layers = nn.ModuleList(Layer(width, head_dim) for _ in range(depth))
         self.final_norm = RMSNorm(width)
 
     @property
@@ -271,12 +224,8 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         mask: Tensor | None = None,
     ) -> Tensor:
-        frames = None  # one set of masks for every layer
-        if self.frame_tokens is not None:
-            offset = 0 if cache is None else cache.length
-            frames = FrameMasks.of(h.shape[1], offset, self.prefix, self.frame_tokens, h.device)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, mask, cache, i, frames)
+            h = layer(h, cos, sin, mask, cache, i)
         if cache is not None:
             cache.advance(h.shape[1])
         return self.final_norm(h)

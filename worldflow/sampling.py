@@ -228,9 +228,8 @@ def append_frames(model, state: VideoState, tokens: Tensor, cond: Tensor | None)
     cos, sin = model.deep_rope(f1, text_len)
     rows = slice(text_len + f0 * n, text_len + f1 * n)
     slot_cond = None if cond is None else cond.repeat_interleave(n, dim=1)
-    history = model.deep_history(state.tokens, tokens)
     b, a = model.deep_block.inverse(
-        torch.zeros_like(seq), inputs, cos[rows], sin[rows], state.cache, slot_cond, state.guidance, history
+        torch.zeros_like(seq), inputs, cos[rows], sin[rows], state.cache, slot_cond, state.guidance
     )
     state.tokens = torch.cat([state.tokens, tokens], dim=1)
     if state.cond is not None:
@@ -265,8 +264,7 @@ def next_frame(
     """Invert one frame from its latent tokens v (B, N, c), natural order, and push it.
 
     cond: (B, width) the frame's condition embedding (the deep block reads the null one
-    at a window's first frame, as the full pass does; the latent prior reads `cond`
-    itself). Returns the frame x (B, C, H, W) —
+    at a window's first frame, as the full pass does). Returns the frame x (B, C, H, W) —
     the flow's sample, before any denoising — its NLL in model units (B,) and the network
     calls per item (B,) summed over blocks.
     """
@@ -279,13 +277,6 @@ def next_frame(
     log_scale = v.new_zeros(v.shape[0])
     z_sq = v.pow(2).sum(dim=(1, 2))
     calls = v.new_zeros(v.shape[0], dtype=torch.long)
-    rope = model.shallow_rope()  # the per-frame blocks' (the latent prior's, the shallow ones')
-    if model.prior is not None:  # the frame's latent given the frames before it
-        # v only stands in for the new frame's pixels: the prior reads the recent frames
-        frame_cond = None if cond is None else cond[:, None]
-        history, slot_cond = model.prior_inputs(state.recent, v[:, None], frame_cond)
-        v, a, calls = invert_frame_block(model.prior.block, v, rope, sampler, history, slot_cond)
-        log_scale += a.log().sum(dim=(1, 2))
 
     # deep block, over the window's cache
     cos, sin = model.deep_rope(f + 1, text_len)
@@ -295,15 +286,12 @@ def next_frame(
     v_deep = model.deep_order(v)
     first = model.deep_block.first_input(state.tokens[:, -1, -1:] if f else None, v)
     init = affine_guess(state.prev_affine[-1], v_deep, state.tokens[:, -1] if f else v_deep)
-    # v_deep only stands in for the new frame: its history reads the frames before it
-    history = model.deep_history(state.tokens, v_deep[:, None])
 
     def deep_step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
         c = None if slot_cond is None else slot_cond[:, lo:hi]
-        h = None if history is None else history[:, lo:hi]
         rows = slice(base + lo, base + hi)
         return model.deep_block.inverse(
-            v_deep[:, lo:hi], inputs, cos[rows], sin[rows], state.cache, c, state.guidance, h
+            v_deep[:, lo:hi], inputs, cos[rows], sin[rows], state.cache, c, state.guidance
         )
 
     u_deep, a, c = _solve_frame(deep_step, first, init, state.cache, sampler, n)
@@ -316,14 +304,12 @@ def next_frame(
 
     # shallow blocks, last to first, each over a fresh per-frame cache
     u = model.deep_order(u_deep)
-    # u only stands in for the new frame's pixels: its history reads the recent frames
-    history = model.shallow_history(state.recent, u[:, None])
+    rope = model.shallow_rope()
     for i in reversed(range(len(model.shallow_blocks))):
         block, flip = model.shallow_blocks[i], model.flips(i)
         vi = u.flip(1) if flip else u
-        past = None if history is None else (history.flip(1) if flip else history)
         init = affine_guess(state.prev_affine[i], vi, vi)
-        ui, a, c = invert_frame_block(block, vi, rope, sampler, past, init=init)
+        ui, a, c = invert_frame_block(block, vi, rope, sampler, init)
         log_scale += a.log().sum(dim=(1, 2))
         calls += c
         state.prev_affine[i] = pack_affine(ui, vi, a)[:, None]
@@ -336,23 +322,19 @@ def next_frame(
 
 
 def invert_frame_block(
-    block, v: Tensor, rope: tuple[Tensor, Tensor], sampler: SamplerConfig,
-    history: Tensor | None = None, cond: Tensor | None = None, init: Tensor | None = None,
+    block, v: Tensor, rope: tuple[Tensor, Tensor], sampler: SamplerConfig, init: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Invert a block over one frame's tokens alone (a shallow block, the latent prior):
-    v (B, N, c) in the block's order, over a fresh cache; `history` (B, N, h) and `cond`
-    (B, N, width) per slot, `init` the Jacobi guess (default v). Returns u, a, calls."""
+    """Invert a shallow block over one frame's tokens alone: v (B, N, c) in the block's
+    order, over a fresh cache, from the Jacobi guess `init`. Returns u, a, calls."""
     n = v.shape[1]
     cos, sin = rope
     cache = block.new_cache(v.shape[0], n, v)
 
     def step(lo: int, hi: int, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        c = None if cond is None else cond[:, lo:hi]
-        h = None if history is None else history[:, lo:hi]
-        return block.inverse(v[:, lo:hi], inputs, cos[lo:hi], sin[lo:hi], cache, c, history=h)
+        return block.inverse(v[:, lo:hi], inputs, cos[lo:hi], sin[lo:hi], cache)
 
     first = block.start_token(v.shape[0], v)
-    return _solve_frame(step, first, v if init is None else init, cache, sampler, n)
+    return _solve_frame(step, first, init, cache, sampler, n)
 
 
 def pack_affine(u: Tensor, v: Tensor, a: Tensor) -> Tensor:

@@ -25,19 +25,10 @@ ema = decay * ema + (1 - decay) * w after each. Validation scores the average an
 holds it; the checkpoint keeps both, so resuming stays exact.
 
 A run can start from a trained model (`init=`, e.g. the flow of an earlier run) and train
-only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are one such run;
-`train_parts=[deep]` trains the deep block (and its action and text conditioning) on frozen
-per-frame shallow blocks, which then run without building a graph; `train_parts=[prior]`
-trains only the latent prior (`prior_depth`) on a frozen flow, which then costs a forward pass.
+only some parts (`train_parts=`): a new denoiser and heads on a frozen flow are one such run.
 Its optimizers start afresh, and their warmup to the peak first moves the model off what it
-knew, so a continuation wants a lower `lr` than a first run (the README has CartPole's
-figures). Weights a continuation adds start at zero (past attention's and the histories'
-projections, `ZERO_STARTED`); `new_lr=` gives them a peak rate of their own, so that they
-can grow while the trained weights move slowly.
-`init_flow=` takes the flow from another model of the same shape: a video model can start
-from a frame-independent one (`max_frames=1`), as STARFlow-V starts from an image model.
-Such a model never saw an action, so the action rows start as its null embedding and the
-new model scores each clip's first frame exactly as the frame-independent one did.
+knew, so a continuation wants a lower `lr` than a first run (the shipped model's recipe in
+docs/experiments.md).
 
 Under `torchrun` each rank takes its slice of the global batch and the gradients are
 averaged across ranks (DDP's all-reduce, over gloo on CPU), so N ranks equal one process
@@ -98,7 +89,6 @@ from .metrics import noise_floor_bits
 from .model import WorldFlow
 
 PARTS = ("flow", "denoiser", "heads")  # one optimizer each
-FLOW_PIECES = ("shallow", "deep", "prior")  # train_parts may name the flow's pieces; "flow" is all
 BATCH_STREAM, VAL_STREAM, HEADS_STREAM = 0, 1, 2  # independent streams of (seed, step) generators
 
 
@@ -115,8 +105,6 @@ class TrainConfig:
     clip_len: int = 8  # frames per training clip
     val_fraction: float = 0.1  # fraction of episodes held out
     lr: float = 3e-4  # flow peak learning rate
-    new_lr: float | None = None  # peak learning rate of the zero-started weights (past
-    # attention's and the histories' projections, ZERO_STARTED); None: lr
     denoiser_lr: float = 3e-4
     heads_lr: float = 1e-3
     warmup_steps: int = 100  # linear warmup from lr / warmup_steps
@@ -137,9 +125,7 @@ class TrainConfig:
     resume: bool = False  # continue from out/checkpoint (exactly)
     init: str | None = None  # start from a trained model (a shipped name or a model folder)
     init_parts: list[str] = field(default_factory=lambda: list(PARTS))  # loaded from `init`
-    init_flow: str | None = None  # with init: the flow's weights from this model instead
-    train_parts: list[str] = field(default_factory=lambda: list(PARTS))  # the rest are frozen;
-    # "shallow", "deep" or "prior" trains only that piece of the flow (the flow's optimizer holds it)
+    train_parts: list[str] = field(default_factory=lambda: list(PARTS))  # the rest are frozen
     heads_batch: int = 64  # global (frame, next frame) pairs a step for the task heads
     heads_terminal_fraction: float = 0.5  # of them, drawn from terminal transitions
     threads: int | None = None  # torch CPU threads; None: torch's default
@@ -186,29 +172,9 @@ def part_of(name: str) -> str:
     return head if head in PARTS else "flow"
 
 
-def piece_of(name: str) -> str:
-    """Which of `trained_pieces`' names a parameter answers to: its part, or for the flow
-    "shallow" (the per-frame blocks), "prior" (the latent prior) or "deep" (the deep block
-    and its conditioning)."""
-    part = part_of(name)
-    if part != "flow":
-        return part
-    for prefix, piece in (("shallow_blocks.", "shallow"), ("prior.", "prior")):
-        if name.startswith(prefix):
-            return piece
-    return "deep"
-
-
-def trained_pieces(train_parts) -> set[str]:
-    """`train_parts` with "flow" spelled out as its pieces."""
-    pieces = set(train_parts) - {"flow"}
-    return pieces | set(FLOW_PIECES) if "flow" in train_parts else pieces
-
-
 def optimizer_parts(train_parts) -> tuple[str, ...]:
     """The optimizers `train_parts` needs, in PARTS order."""
-    pieces = trained_pieces(train_parts)
-    return tuple(p for p in PARTS if p in pieces or (p == "flow" and pieces & set(FLOW_PIECES)))
+    return tuple(p for p in PARTS if p in train_parts)
 
 
 def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
@@ -223,70 +189,26 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
             raise ConfigError(f"init: {cfg.init!r} has {name}={getattr(config, name)}, the "
                               f"dataset {cfg.data!r} needs {needed[name]}")
     model = WorldFlow(dataclasses.replace(config, task_heads=True))
-    load_weights(model, tensors, path, keep=_loaded(cfg.init_parts, tensors))
+    load_weights(model, tensors, path, keep=lambda key: part_of(key) in cfg.init_parts)
     model.info = {"init": {"model": str(cfg.init), **info}}
-    if cfg.init_flow:
-        _load_flow(model, cfg.init_flow)
-        model.info["init"]["flow"] = str(cfg.init_flow)
     return model
-
-
-# weights that start at zero (or feed only such): a source without them leaves them there
-ZERO_STARTED = (".attn.past_proj.", ".proj_history.", "prior.")
-
-
-def zero_started(name: str) -> bool:
-    """Whether a weight starts at zero (`ModelConfig.past_attention`'s projections,
-    `deep_history`'s, `shallow_history`'s) or belongs to the latent prior (`prior_depth`),
-    which as a whole starts at the identity: its output and history projections are zero."""
-    return any(m in name for m in ZERO_STARTED)
-
-
-def _loaded(parts, tensors: dict):
-    """Which weights to load: those of `parts`, less the zero-started ones the source lacks."""
-    return lambda key: part_of(key) in parts and (key in tensors or not zero_started(key))
-
-
-def _load_flow(model: WorldFlow, name: str) -> None:
-    """The flow's weights of the model `name` (same shapes and noise) into `model`. A
-    frame-independent source never conditioned on an action: its action rows become its
-    null embedding, so actions start without effect."""
-    path, config, tensors, _ = read_pretrained(name, "init_flow")
-    if config.noise_std != model.config.noise_std:
-        raise ConfigError(f"init_flow: {name!r} was trained with noise_std={config.noise_std}, "
-                          f"the model has {model.config.noise_std}")
-    load_weights(model, tensors, path, keep=_loaded(["flow"], tensors))
-    if model.actions is not None and config.max_frames == 1:
-        model.actions.start_as_null()
 
 
 def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.AdamW]:
     """AdamW for each trained part (flow, denoiser, heads); weight decay on matrices only.
-    With `cfg.new_lr`, the flow's zero-started weights form a third group at that rate
-    (no weight decay: they start at zero). Parameters of the other parts (and of an
-    untrained half of the flow) stop requiring gradients."""
-    params = {part: {"decay": [], "no_decay": [], "new": []} for part in optimizer_parts(cfg.train_parts)}
-    pieces = trained_pieces(cfg.train_parts)
-    absent = set(cfg.train_parts) & pieces - {piece_of(name) for name, _ in model.named_parameters()}
-    if absent:
-        raise ConfigError(f"train_parts: {sorted(absent)} name no weights of this model (a latent "
-                          f"prior needs +model.prior_depth), got {list(cfg.train_parts)}")
+    Parameters of the other parts stop requiring gradients."""
+    params = {part: {"decay": [], "no_decay": []} for part in optimizer_parts(cfg.train_parts)}
     for name, p in model.named_parameters():
-        trained = piece_of(name) in pieces
+        trained = part_of(name) in params
         p.requires_grad_(trained)
         if trained:
-            group = "new" if cfg.new_lr is not None and zero_started(name) else (
-                "no_decay" if p.dim() < 2 else "decay")
-            params[part_of(name)][group].append(p)
+            params[part_of(name)]["no_decay" if p.dim() < 2 else "decay"].append(p)
     lrs = {"flow": cfg.lr, "denoiser": cfg.denoiser_lr, "heads": cfg.heads_lr}
-    optimizers = {}
-    for part, group in params.items():
-        groups = [{"params": group["decay"], "weight_decay": cfg.weight_decay},
-                  {"params": group["no_decay"], "weight_decay": 0.0}]
-        if group["new"]:
-            groups.append({"params": group["new"], "weight_decay": 0.0, "lr": cfg.new_lr})
-        optimizers[part] = torch.optim.AdamW(groups, lr=lrs[part])
-    return optimizers
+    return {
+        part: torch.optim.AdamW([{"params": group["decay"], "weight_decay": cfg.weight_decay},
+                                 {"params": group["no_decay"], "weight_decay": 0.0}], lr=lrs[part])
+        for part, group in params.items()
+    }
 
 
 def lr_factor(step: int, warmup: int, horizon: int, floor: float) -> float:
@@ -655,22 +577,17 @@ def check_config(cfg: TrainConfig, world: int) -> None:
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size: expected a multiple of the {world} ranks, "
                           f"got {cfg.batch_size}")
-    for name, known in (("train_parts", PARTS + FLOW_PIECES), ("init_parts", PARTS)):
-        unknown = [p for p in getattr(cfg, name) if p not in known]
+    for name in ("train_parts", "init_parts"):
+        unknown = [p for p in getattr(cfg, name) if p not in PARTS]
         if unknown or (name == "train_parts" and not getattr(cfg, name)):
-            raise ConfigError(f"{name}: expected a non-empty list of {list(known)}, "
+            raise ConfigError(f"{name}: expected a non-empty list of {list(PARTS)}, "
                               f"got {list(getattr(cfg, name))}")
-    if cfg.init_flow and not cfg.init:
-        raise ConfigError(f"init_flow: expected with init= (the model whose config and other "
-                          f"parts the run starts from), got init_flow={cfg.init_flow!r} alone")
     if cfg.heads_batch < 1 or cfg.heads_batch % world:
         raise ConfigError(f"heads_batch: expected a positive multiple of the {world} ranks, "
                           f"got {cfg.heads_batch}")
     if not 0.0 <= cfg.heads_terminal_fraction <= 1.0:
         raise ConfigError(f"heads_terminal_fraction: expected a number in [0, 1], "
                           f"got {cfg.heads_terminal_fraction}")
-    if cfg.new_lr is not None and not cfg.new_lr > 0.0:
-        raise ConfigError(f"new_lr: expected a positive number or null, got {cfg.new_lr}")
     if cfg.ema_decay is not None and not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"ema_decay: expected a number in [0, 1) or null, got {cfg.ema_decay}")
     if cfg.ema_decay is not None and cfg.fsdp:
