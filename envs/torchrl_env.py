@@ -40,7 +40,7 @@ from torchrl.envs import EnvBase
 from worldflow.config import SamplerConfig
 from worldflow.errors import WorldFlowError
 from worldflow.kv_cache import KVCache
-from worldflow.sampling import VideoState
+from worldflow.video_state import VideoState
 
 from .dream import check_max_steps
 from .world import DreamWorld

@@ -20,7 +20,7 @@ from gymnasium.vector.utils import batch_space
 
 from worldflow.config import SamplerConfig
 from worldflow.errors import WorldFlowError
-from worldflow.sampling import VideoState
+from worldflow.video_state import VideoState
 
 from .dream import OPTION_KEYS, check_max_steps
 from .world import DreamWorld

@@ -41,7 +41,7 @@ from worldflow.config import SamplerConfig
 from worldflow.errors import WorldFlowError
 from worldflow.metrics import noise_floor_bits
 from worldflow.model import WorldFlow
-from worldflow.sampling import VideoState, slide_window
+from worldflow.video_state import VideoState, slide_window
 
 REWARD_MODES = ("log_likelihood", "surprise", "task")
 _MASK64 = (1 << 64) - 1

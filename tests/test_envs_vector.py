@@ -10,7 +10,7 @@ from test_envs import cartpole_model
 import worldflow.envs  # noqa: F401  (registers worldflow/Dream-v0)
 from worldflow.envs import WorldFlowEnv, WorldFlowVectorEnv
 from worldflow.errors import WorldFlowError
-from worldflow.sampling import VideoState
+from worldflow.video_state import VideoState
 
 
 @pytest.fixture(scope="module")

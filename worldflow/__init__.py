@@ -4,7 +4,7 @@ from . import convert
 from .config import ModelConfig, SamplerConfig, preset
 from .errors import CheckpointError, ConfigError, WorldFlowError
 from .model import LogProb, WorldFlow
-from .sampling import VideoState
+from .video_state import VideoState
 
 __all__ = [
     "CheckpointError",

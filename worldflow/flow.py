@@ -9,7 +9,7 @@ Data to noise, for a token sequence u_0 .. u_{L-1} (already in the block's order
 `a = softplus(a_raw + log(e - 1))` so that a zero network output is the identity, and
 the network output is soft-clipped to +-soft_clip (reference section 3). Because a_j, b_j
 see only u_<j, the inverse u_j = v_j * a_j + b_j can be solved token by token, or in
-parallel by fixed-point (Jacobi) iteration — see `worldflow.sampling`.
+parallel by fixed-point (Jacobi) iteration — see `worldflow.jacobi`.
 """
 
 from __future__ import annotations

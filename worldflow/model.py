@@ -1,53 +1,46 @@
-"""`WorldFlow`: the STARFlow-V video flow as a world model.
+"""`WorldFlow`: the STARFlow-V video flow as a world model — its parts and their layout.
 
     x (B, T, C, H, W) --patch codec--> tokens (B, T, N, c)
       --shallow blocks (each frame alone)--> --deep block (all frames, causal in time;
       text prefix; action a_t conditions frame t+1)--> z ~ N(0, I)
 
-log p(x) = log N(z; 0, I) + sum of the blocks' log-dets, exact. Generation inverts it
-frame by frame (`worldflow.sampling`); a causal denoiser cleans each frame in one step.
+This module builds the model (codec, `FlowBlock`s, action and text conditioning, the
+denoiser, the task heads), checks what comes in and holds the one-step denoising. What it
+computes lives beside it, one direction a module:
+- `worldflow.likelihood`: data -> noise, the exact per-frame log-likelihood (`log_prob`);
+- `worldflow.generation`: noise -> data, frame by frame over the KV cache (`generate`,
+  `start` / `step`), with the samplers of `worldflow.jacobi`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from . import sampling
-from .codec import LOG_PIXEL_SCALE, PatchCodec, frames_to_model, model_to_frames
+from .codec import PatchCodec
 from .conditioning import ActionEmbedding, ByteTextEncoder, PretrainedTextEncoder
-from .config import ModelConfig, SamplerConfig, preset
+from .config import ModelConfig, preset
 from .denoiser import Denoiser
 from .errors import WorldFlowError
 from .flow import FlowBlock
+from .generation import GenerationMixin
 from .heads import TaskHeads
+from .likelihood import LikelihoodMixin, LogProb
 from .nn import rope_table
-from .sampling import VideoState
+
+__all__ = ["LogProb", "WorldFlow"]
 
 
-@dataclass
-class LogProb:
-    """Per-frame likelihood of frames, in the 8-bit pixel convention.
+class WorldFlow(LikelihoodMixin, GenerationMixin, nn.Module):
+    """A normalizing-flow video world model (see the module docstring for the layout).
 
-    nll: (B, T) nats per frame, -log p(frame | earlier frames, actions, prompt) as a
-        density over pixel values in [0, 255]: the model-space NLL plus D log 127.5.
-    bits_per_dim: (B, T) nll / (D ln 2), D = C H W.
-    dim_bits: (B, T, C, H, W) with `log_prob(per_dim=True)`: the bits of each pixel and
-        channel (`WorldFlow.dim_nll` plus log 127.5, over ln 2); their mean over a frame is
-        its bits_per_dim. A map of where a frame surprised the model.
+    Scoring: `log_prob`, `encode`, `frame_nll`, `dim_nll` (`worldflow.likelihood`).
+    Generating: `generate`, `decode`, `start` / `push_context` / `step`
+    (`worldflow.generation`). Cleaning: `denoise`. Weights: `from_preset`,
+    `from_pretrained`, `save_pretrained`.
     """
-
-    nll: Tensor
-    bits_per_dim: Tensor
-    dim_bits: Tensor | None = None
-
-
-class WorldFlow(nn.Module):
-    LOG_2PI = math.log(2 * math.pi)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -110,23 +103,6 @@ class WorldFlow(nn.Module):
     def deep_order(self, tokens: Tensor) -> Tensor:
         """Natural <-> deep-block token order within frames, (..., N, c) (an involution)."""
         return tokens.flip(-2) if self.flips(self.config.shallow_blocks) else tokens
-
-    def _shallow_forward(self, tokens: Tensor):
-        """Shallow blocks over pixel tokens (B, F, N, c), each frame alone: block outputs
-        and elementwise log-dets, natural order, and each block's input, output and log-det
-        in its own order (B F, N, c)."""
-        cos, sin = self.shallow_rope()
-        outputs, logdets, maps = [], [], []
-        for i, block in enumerate(self.shallow_blocks):
-            u = tokens.flatten(0, 1)
-            if self.flips(i):
-                u = u.flip(1)
-            v, logdet = block(u, cos, sin)
-            maps.append((u, v, logdet))
-            tokens = (v.flip(1) if self.flips(i) else v).view_as(tokens)
-            outputs.append(tokens)
-            logdets.append(logdet.view_as(tokens))
-        return outputs, logdets, maps
 
     def _rope(self, text_len: int, frames: int, temporal: bool, like: Tensor):
         cfg = self.config
@@ -226,273 +202,12 @@ class WorldFlow(nn.Module):
             return None
         return self.actions.per_frame(actions, frames, batch)
 
-    # ---------------------------------------------------------------- data -> noise
-    def flow_forward(self, x: Tensor, actions: Tensor | None = None, text: Tensor | None = None):
-        """x (B, T, C, H, W) -> z tokens (B, T, N, c), log-dets, block outputs.
-
-        logdets[i]: (B, T, N, c) elementwise, in block i's token order. outputs[0] is the
-        patchified input, outputs[i + 1] block i's output, natural order.
-        """
-        b, t = x.shape[:2]
-        tokens = self.codec.to_tokens(x)
-        shallow, logdets, _ = self._shallow_forward(tokens)
-        outputs = [tokens, *shallow]
-        tokens = outputs[-1]
-        cond = self._frame_cond(actions, b, t)
-        v, logdet = self._deep_forward(self.deep_order(tokens), text, cond)
-        tokens = self.deep_order(v)
-        outputs.append(tokens)
-        logdets.append(logdet)
-        return tokens, logdets, outputs
-
-    def _deep_forward(self, u: Tensor, text: Tensor | None, cond: Tensor | None):
-        """Deep block over (B, T, N, c) tokens in deep order; windows of `max_frames`
-        frames, each later window re-encoding `context_frames` frames (as generation)."""
-        cfg = self.config
-        b, t, n, c = u.shape
-        text_len = 0 if text is None else text.shape[1]
-        window, keep = cfg.max_frames, cfg.context_frames
-        outs, logdets, start = [], [], 0
-        while start < t:
-            lo = 0 if start == 0 else start - keep  # frames re-encoded as context
-            hi = min(t, lo + window)
-            seg_cond = None
-            if cond is not None:
-                seg_cond = cond[:, lo:hi].clone()
-                seg_cond[:, 0] = self.actions.null
-                seg_cond = seg_cond.repeat_interleave(n, dim=1)
-            cos, sin = self.deep_rope(hi - lo, text_len)
-            v, logdet = self.deep_block(u[:, lo:hi].flatten(1, 2), cos, sin, text, seg_cond)
-            new = start - lo
-            outs.append(v.view(b, hi - lo, n, c)[:, new:])
-            logdets.append(logdet.view(b, hi - lo, n, c)[:, new:])
-            start = hi
-        return torch.cat(outs, dim=1), torch.cat(logdets, dim=1)
-
-    def reference_loss(self, z_tokens: Tensor, logdets: list[Tensor]) -> Tensor:
-        """The reference training loss: mean_b[0.5 mean(z^2) - sum_i mean(logdet_i)],
-        model units, per dimension, without the 0.5 log(2 pi) constant."""
-        dims = tuple(range(1, z_tokens.dim()))
-        loss = 0.5 * z_tokens.pow(2).mean(dim=dims)
-        for logdet in logdets:
-            loss = loss - logdet.mean(dim=dims)
-        return loss.mean()
-
-    def frame_nll(self, x: Tensor, actions: Tensor | None = None, text: Tensor | None = None) -> Tensor:
-        """(B, T) NLL of each frame in nats, MODEL units (density over [-1, 1] values)."""
-        z, logdets, _ = self.flow_forward(x, actions, text)
-        nll = 0.5 * z.pow(2).sum(dim=(2, 3)) + 0.5 * self.config.dims_per_frame * self.LOG_2PI
-        for logdet in logdets:
-            nll = nll - logdet.sum(dim=(2, 3))
-        return nll
-
-    def dim_nll(self, x: Tensor, actions: Tensor | None = None, text: Tensor | None = None) -> Tensor:
-        """(B, T, C, H, W) terms of `frame_nll`, one per pixel and channel, nats, model units.
-
-        Every block scales each dimension by its own factor and N(0, I) factorises, so the
-        frame's NLL is exactly the sum over dimensions of 0.5 z_d^2 + 0.5 log 2 pi minus the
-        blocks' log-scales at d. Where the frame's cost lies (the cart, the background)
-        shows in this map; how it shares out depends on the flow's token orders.
-        """
-        z, logdets, _ = self.flow_forward(x, actions, text)
-        nll = 0.5 * z.pow(2) + 0.5 * self.LOG_2PI
-        for i, logdet in enumerate(logdets):  # each in its block's token order
-            if i < len(self.shallow_blocks):
-                nll = nll - (logdet.flip(2) if self.flips(i) else logdet)
-            else:
-                nll = nll - self.deep_order(logdet)
-        return self.codec.from_tokens(nll)
-
-    def encode(self, x: Tensor, actions=None, prompt=None) -> tuple[Tensor, Tensor]:
-        """x float (B, T, C, H, W) in [-1, 1] -> z (B, T, C, H, W), log|det dz/dx| (B, T)."""
-        x = self._check_video(x, "x")
-        actions = self.check_actions(actions, x.shape[0], x.shape[1])
-        text = self.encode_prompt(prompt, x.shape[0])
-        z, logdets, _ = self.flow_forward(x, actions, text)
-        logdet = sum(ld.sum(dim=(2, 3)) for ld in logdets)
-        return self.codec.from_tokens(z), logdet
-
-    def log_prob(
-        self, frames: Tensor, actions=None, prompt=None, *, noise: bool = False, seed=None,
-        per_dim: bool = False,
-    ) -> LogProb:
-        """Exact per-frame log-likelihood of uint8 frames (B, T, H, W, C).
-
-        With the frames' model values x = v / 127.5 - 1, the flow's density p(x) is that of
-        training data x + sigma * eps (noise augmentation). nll = -log p(x) + D log 127.5
-        (the change of variables to pixel units), bits_per_dim = nll / (D ln 2). By default
-        p is evaluated at the clean frame (deterministic: rewards, anomaly scores);
-        `noise=True` adds sigma * eps first (seeded): its mean over frames estimates the
-        cross-entropy of noisy data, bounded below by the noise floor
-        0.5 log2(2 pi e (127.5 sigma)^2) bits/dim — report the two together.
-        `per_dim=True` also returns each pixel's and channel's share (`LogProb.dim_bits`).
-        """
-        frames = self._check_frames(frames, "frames")
-        x = frames_to_model(frames).to(self.device, self.dtype)
-        if noise:
-            gen = _generator(seed, self.device)
-            x = x + self.config.noise_std * torch.randn(
-                x.shape, generator=gen, device=self.device, dtype=x.dtype
-            )
-        actions = self.check_actions(actions, x.shape[0], x.shape[1])
-        text = self.encode_prompt(prompt, x.shape[0])
-        dims = self.config.dims_per_frame
-        if per_dim:
-            dim_bits = (self.dim_nll(x, actions, text) + LOG_PIXEL_SCALE) / math.log(2)
-            nll = dim_bits.sum(dim=(2, 3, 4)) * math.log(2)
-            return LogProb(nll, nll / (dims * math.log(2)), dim_bits)
-        nll = self.frame_nll(x, actions, text) + dims * LOG_PIXEL_SCALE
-        return LogProb(nll, nll / (dims * math.log(2)))
-
-    # ---------------------------------------------------------------- noise -> data
-    def start(
-        self,
-        batch_size: int = 1,
-        context: Tensor | None = None,
-        actions=None,
-        prompt=None,
-        guidance: float = 0.0,
-        null_prompt=None,
-        context_noise: bool = True,
-        seed=None,
-    ) -> VideoState:
-        """A new video state, optionally continuing uint8 `context` frames (B, C, H, W, 3).
-
-        Context frames are noised like training data (`context_noise`) and encoded in one
-        parallel pass into the cache; `actions[:, t]` (t < C - 1) condition them. With
-        `guidance > 0` the unconditional branch uses `null_prompt` (default: the prompt "").
-        """
-        if context is not None:
-            context = self._check_frames(context, "context")
-            batch_size = context.shape[0]
-        text = self.encode_prompt(prompt, batch_size)
-        if guidance > 0:
-            if text is None:
-                raise WorldFlowError("guidance: classifier-free guidance needs a text model; expected 0")
-            null = self.encode_prompt([""] * batch_size if null_prompt is None else null_prompt, batch_size)
-            text = torch.cat([text, null])
-        state = sampling.new_state(self, batch_size, text, guidance, self.deep_block.sos)
-        if context is not None:
-            x = frames_to_model(context).to(self.device, self.dtype)
-            if context_noise:
-                gen = _generator(seed, self.device)
-                x = x + self.config.noise_std * torch.randn(
-                    x.shape, generator=gen, device=self.device, dtype=x.dtype
-                )
-            actions = self.check_actions(actions, batch_size, x.shape[1], "actions")
-            self.push_context(state, x, actions)
-        return state
-
-    def push_context(
-        self, state: VideoState, x: Tensor, actions: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Encode known frames x (B, F, C, H, W) (model space) into the state in one pass.
-
-        The first frame continues the state's video: its condition is `actions[:, 0]`
-        when the state already has frames and F actions are given (else the null
-        action); `actions[:, t]` conditions frame t + 1. Returns the frames' latents
-        z (B, F, C, H, W) and NLLs (B, F) in nats, model units — exactly what a full
-        `frame_nll` pass gives when the video fits the window.
-        """
-        cfg = self.config
-        b, f = x.shape[:2]
-        tokens = self.codec.to_tokens(x)
-        outputs, _, maps = self._shallow_forward(tokens)
-        log_scale = x.new_zeros(b, f)
-        for i, (u, v, logdet) in enumerate(maps):
-            affine = sampling.pack_affine(u, v, torch.exp(-logdet))  # (B F, N, 2c)
-            state.prev_affine[i] = affine.unflatten(0, (b, f))[:, -1:]
-            log_scale -= logdet.view(b, f, -1).sum(-1)
-        tokens = outputs[-1]
-        cond = None
-        if self.actions is not None:
-            if state.frames_in_window and actions is not None and actions.shape[1] == f:
-                cond = self.actions.embed(actions)
-            else:
-                cond = self.actions.per_frame(actions, f, b)
-        deep = self.deep_order(tokens)
-        zs, done = [], 0
-        while done < f:  # as in generation: slide the window only when it is full
-            if state.frames_in_window == cfg.max_frames:
-                sampling.slide_window(self, state)
-            n = min(cfg.max_frames - state.frames_in_window, f - done)
-            part = None if cond is None else cond[:, done : done + n]
-            v, log_a = sampling.append_frames(self, state, deep[:, done : done + n], part)
-            zs.append(v)
-            log_scale[:, done : done + n] += log_a.sum(dim=(2, 3))
-            done += n
-        v = torch.cat(zs, dim=1)
-        state.prev_affine[-1] = sampling.pack_affine(deep[:, -1], v[:, -1], log_a[:, -1].exp())[:, None]
-        z = self.deep_order(v)
-        nll = 0.5 * z.pow(2).sum(dim=(2, 3)) + 0.5 * cfg.dims_per_frame * self.LOG_2PI + log_scale
-        state.recent = torch.cat([state.recent, x], dim=1)[:, -cfg.denoiser_window :]
-        state.frame_index += f
-        return self.codec.from_tokens(z), nll
-
-    def step(
-        self,
-        state: VideoState,
-        action=None,
-        z: Tensor | None = None,
-        temperature: float = 1.0,
-        sampler: SamplerConfig | str = "jacobi",
-        denoise: bool | str = True,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, dict]:
-        """Append one frame to `state`; returns it (B, C, H, W) in model space and info.
-
-        `action` (B,) or (B, A) is the action taken after the latest frame (ignored for
-        a video's first frame). `z` (B, N, c) gives the frame's latent tokens explicitly
-        (then `temperature` and `generator` are unused); by default z = temperature * eps.
-        info: nll (B,) nats per frame in pixel units of the flow's sample, iterations (B,)
-        network calls per item, the raw sample `x_noisy`.
-        """
-        cfg = self.config
-        sampler = SamplerConfig(name=sampler) if isinstance(sampler, str) else sampler
-        b = state.batch_size
-        if z is None:
-            shape = (b, cfg.tokens_per_frame, cfg.token_dim)
-            z = torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype) * temperature
-        cond = None
-        if self.actions is not None:
-            if state.frames_in_window == 0 or action is None:
-                cond = self.actions.null.expand(b, -1)
-            else:
-                cond = self.actions.embed(torch.as_tensor(action, device=self.device))
-        if denoise not in (True, False, "learned", "exact"):
-            raise WorldFlowError(f"denoise: expected True, False, 'learned' or 'exact', got {denoise!r}")
-        before = state.clone() if denoise == "exact" else None
-        x, nll, calls = sampling.next_frame(self, state, z, cond, sampler)
-        info = {"nll": nll + cfg.dims_per_frame * LOG_PIXEL_SCALE, "iterations": calls, "x_noisy": x}
-        if denoise == "exact":
-            x = self._exact_denoise_next(before, x, action)
-        elif denoise:
-            x = self.denoise_recent(state)
-        return x, info
-
-    def _exact_denoise_next(self, before: VideoState, x: Tensor, action) -> Tensor:
-        """x + sigma^2 grad log p(x | history): the frame's own conditional score."""
-        act = None
-        if self.actions is not None and before.frames_in_window and action is not None:
-            act = torch.as_tensor(action, device=self.device)[:, None]
-        with torch.enable_grad():
-            xg = x.detach()[:, None].requires_grad_(True)
-            _, nll = self.push_context(before, xg, act)
-            (grad,) = torch.autograd.grad(nll.sum(), xg)
-        return x - self.config.noise_std**2 * grad[:, 0]
-
     def denoiser_tokens(self, x: Tensor, text: Tensor | None = None) -> Tensor:
         """The denoiser's prediction of sigma * grad NLL for frames x (B, T, C, H, W), as
         tokens (B, T, N, c). Time positions are relative, so any window of frames works."""
         s = 0 if text is None else text.shape[1]
         cos, sin = self._rope(s, x.shape[1], True, x)
         return self.denoiser(self.codec.to_tokens(x), cos, sin, text)
-
-    def denoise_recent(self, state: VideoState) -> Tensor:
-        """Learned one-step denoising of the state's latest frame: x - sigma * D(window)."""
-        text = None if state.text is None else state.text[: state.batch_size]  # conditional half
-        pred = self.codec.from_tokens(self.denoiser_tokens(state.recent, text))
-        return state.recent[:, -1] - self.config.noise_std * pred[:, -1]
 
     def denoise(self, x: Tensor, actions=None, prompt=None, method: str = "learned") -> Tensor:
         """One-step flow-score denoising of noisy frames x (B, T, C, H, W) in model space.
@@ -514,70 +229,6 @@ class WorldFlow(nn.Module):
                 (grad,) = torch.autograd.grad(self.frame_nll(xg, actions, text).sum(), xg)
             return x - sigma**2 * grad
         return x - sigma * self.codec.from_tokens(self.denoiser_tokens(x, text))
-
-    @torch.no_grad()
-    def decode(
-        self,
-        z: Tensor,
-        actions=None,
-        prompt=None,
-        sampler: SamplerConfig | str = "jacobi",
-        guidance: float = 0.0,
-        null_prompt=None,
-    ) -> Tensor:
-        """Invert the flow: z (B, T, C, H, W) -> x (B, T, C, H, W), frame by frame."""
-        z = self._check_video(z, "z")
-        b, t = z.shape[:2]
-        actions = self.check_actions(actions, b, t)
-        state = self.start(b, prompt=prompt, guidance=guidance, null_prompt=null_prompt)
-        tokens = self.codec.to_tokens(z)
-        frames = []
-        for i in range(t):
-            action = None if actions is None or i == 0 else actions[:, i - 1]
-            x, _ = self.step(state, action, z=tokens[:, i], sampler=sampler, denoise=False)
-            frames.append(x)
-        return torch.stack(frames, dim=1)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        num_frames: int,
-        context: Tensor | None = None,
-        actions=None,
-        prompt=None,
-        batch_size: int = 1,
-        sampler: SamplerConfig | str = "jacobi",
-        denoise: bool | str = True,
-        guidance: float = 0.0,
-        temperature: float = 1.0,
-        seed: int | torch.Generator | None = None,
-        null_prompt=None,
-    ) -> Tensor:
-        """Sample `num_frames` new frames, uint8 (B, num_frames, H, W, 3).
-
-        `context` (uint8 (B, C, H, W, 3)) is continued; `actions` are counted from the first
-        context frame (`actions[:, t]` conditions frame t + 1), so C context frames and
-        num_frames new ones need C + num_frames - 1 actions. `temperature=0` decodes z = 0.
-        Longer than `max_frames`: the window slides (context re-encoded).
-        """
-        if not isinstance(num_frames, int) or num_frames < 1:
-            raise WorldFlowError(f"num_frames: expected a positive int, got {num_frames!r}")
-        gen = _generator(seed, self.device)
-        n_ctx = 0 if context is None else self._check_frames(context, "context").shape[1]
-        b = batch_size if context is None else context.shape[0]
-        total = n_ctx + num_frames
-        actions = self.check_actions(actions, b, total)
-        ctx_actions = None if actions is None or n_ctx == 0 else actions[:, : max(n_ctx - 1, 0)]
-        state = self.start(b, context, ctx_actions, prompt, guidance, null_prompt, seed=gen)
-        frames = []
-        for i in range(num_frames):
-            t = n_ctx + i  # index of the frame being generated
-            action = None if actions is None or t == 0 else actions[:, t - 1]
-            x, _ = self.step(
-                state, action, temperature=temperature, sampler=sampler, denoise=denoise, generator=gen
-            )
-            frames.append(x)
-        return model_to_frames(torch.stack(frames, dim=1))
 
     # ---------------------------------------------------------------- boundary checks
     def preprocess(self, raw) -> Tensor:
@@ -617,9 +268,3 @@ class WorldFlow(nn.Module):
         return x.to(self.device, self.dtype)
 
 
-def _generator(seed, device) -> torch.Generator | None:
-    if seed is None or isinstance(seed, torch.Generator):
-        return seed
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
-    return gen
