@@ -28,21 +28,14 @@ import worldflow as wf
 from worldflow import cli
 from worldflow.data import ClipDataset, collect, load_dataset
 from worldflow.denoiser import score_target
-from worldflow.train import (
-    TrainConfig,
-    build_model,
-    command_line,
-    compute_gradients,
-    heads_losses,
-    load_checkpoint,
-    lr_factor,
-    noise_floor_bits,
-    run,
-    sample_batch,
-    sample_pairs,
-    step_generator,
-    transitions,
-)
+from worldflow.metrics import noise_floor_bits
+from worldflow.train import TrainConfig, run
+from worldflow.train.batches import sample_batch, sample_pairs, step_generator, transitions
+from worldflow.train.checkpoints import load_checkpoint
+from worldflow.train.config import command_line
+from worldflow.train.loop import build_model
+from worldflow.train.losses import compute_gradients, heads_losses
+from worldflow.train.optim import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
