@@ -20,14 +20,14 @@ demo: $(STAMP)
 	$(VENV)/bin/worldflow demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check worldflow envs benchmarks tests
+	$(VENV)/bin/ruff check worldflow envs agents benchmarks tests
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check worldflow envs benchmarks tests
+	$(VENV)/bin/ruff check worldflow envs agents benchmarks tests
 
 bench: $(STAMP)
 	for b in sampling denoise likelihood anomaly env_step; do \

@@ -46,6 +46,7 @@ from .dream import check_max_steps
 from .world import DreamWorld
 
 SCORES = ("log_likelihood", "bits_per_dim", "surprise")
+HEAD_KEYS = ("task_reward", "termination_logit")
 
 
 class ArgmaxOneHot(OneHot):
@@ -82,7 +83,13 @@ class WorldFlowTorchRLEnv(EnvBase):
     Specs: `action` is `ArgmaxOneHot(n)` (float one-hot; discrete models, see its docstring)
     or `Bounded(low, high, (A,))`; observations `pixels` uint8 (H, W, 3), `log_likelihood`,
     `bits_per_dim`, `surprise` (float32), `jacobi_iterations` (int64) and `state` (module
-    docstring); `reward` (1,) float32; `done`/`terminated`/`truncated` (1,) bool.
+    docstring); with task heads also `task_reward` and `termination_logit` (float32: the
+    heads' raw outputs on the transition into the frame, 0 after a reset; `terminated` is
+    `termination_logit > 0`); `reward` (1,) float32; `done`/`terminated`/`truncated` (1,) bool.
+
+    Beyond TorchRL's API: `begin(frames)` starts worlds from real frames and
+    `observe(td, frames, action)` pushes the real next frames into them, for agents that
+    plan in the dream and act in the real environment (`worldflow.agents`).
 
     Reset: each world starts from one of `model.start_frames` (or a generated frame),
     drawn with the world's reset generator. `set_seed(s)` seeds world i of the batch with
@@ -117,6 +124,7 @@ class WorldFlowTorchRLEnv(EnvBase):
         super().__init__(device=world.model.device, batch_size=torch.Size(batch_size))
         self.world, self.model, self.max_episode_steps = world, world.model, max_steps
         self._text = world.check_prompt(prompt, 1)  # (1, S, text_dim) or None
+        self._score_keys = SCORES + (HEAD_KEYS if self.model.heads is not None else ())
         self._make_specs()
         self._rngs: list[torch.Generator] = []
         self.set_seed(seed)
@@ -152,7 +160,7 @@ class WorldFlowTorchRLEnv(EnvBase):
             {k: Unbounded((*bs, *shape), dtype=dtype) for k, (shape, dtype) in self._state_shapes().items()},
             shape=bs,
         )
-        scores = {k: Unbounded(bs, dtype=torch.float32) for k in SCORES}
+        scores = {k: Unbounded(bs, dtype=torch.float32) for k in self._score_keys}
         self.observation_spec = Composite(
             pixels=pixels, state=state, jacobi_iterations=Unbounded(bs, dtype=torch.int64), **scores, shape=bs
         )
@@ -239,8 +247,17 @@ class WorldFlowTorchRLEnv(EnvBase):
                 picks.append(int(torch.randint(len(starts), (), generator=rngs[k])))
         context = None if starts is None else starts[torch.tensor(picks)][:, None]
         text = None if self._text is None else self._text.expand(len(seeds), -1, -1)
-        world = self.world
-        state, frames, nll, calls = world.begin(seeds, context, None, text)
+        out = self._started(seeds, context, None, text)
+        r = len(seeds)
+        if r < n:  # rows of worlds not reset are placeholders: reset() keeps their old values
+            rows = torch.zeros(n, dtype=torch.long)
+            rows[which] = torch.arange(r)
+            out = out[rows]
+        return out.reshape(shape)
+
+    def _started(self, seeds: list[int], context, actions, text) -> TensorDictBase:
+        """New worlds (R,) from context frames uint8 (R, F, H, W, 3) (or generated first frames)."""
+        state, frames, nll, calls = self.world.begin(seeds, context, actions, text)
         buffers = self._pack(state)
         r = len(seeds)
         buffers.update(
@@ -248,51 +265,152 @@ class WorldFlowTorchRLEnv(EnvBase):
             noise_seed=torch.tensor(seeds, dtype=torch.int64),
             steps=torch.zeros(r, dtype=torch.int64),
         )
-        scores = world.scores(nll)
+        zeros = torch.zeros(r, dtype=torch.float32)
         no = torch.zeros(r, 1, dtype=torch.bool)
-        out = TensorDict(
+        return TensorDict(
             {
                 "pixels": frames,
                 "state": buffers,
                 "jacobi_iterations": calls,
-                **{k: scores[k].float() for k in SCORES},
+                **self._scores(nll, zeros, zeros),
                 "done": no,
                 "terminated": no.clone(),
                 "truncated": no.clone(),
             },
             batch_size=[r],
         ).to(self.device)
-        if r < n:  # rows of worlds not reset are placeholders: reset() keeps their old values
-            rows = torch.zeros(n, dtype=torch.long)
-            rows[which] = torch.arange(r)
-            out = out[rows]
-        return out.reshape(shape)
 
-    def _check_action(self, action: Tensor | None, n: int) -> tuple[Tensor | None, Tensor]:
+    def _scores(self, nll: Tensor, task: Tensor | None, logit: Tensor | None) -> dict[str, Tensor]:
+        scores = {k: v.float() for k, v in self.world.scores(nll).items()}
+        if self.model.heads is not None:
+            scores.update(task_reward=task, termination_logit=logit)
+        return scores
+
+    # ------------------------------------------------------------------ real frames in
+    def begin(self, frames, actions=None, seed: int | None = None) -> TensorDictBase:
+        """Worlds continuing real frames: uint8 (H, W, 3), (F, H, W, 3) or (B, F, H, W, 3).
+
+        `actions` (env format, as the `action` entry: (*B, F - 1, n) one-hot or (*B, F - 1, A))
+        condition frames 1..F-1. Returns a reset-like TensorDict of batch (B,) (or () for
+        one unbatched video) whose `pixels` is the last given frame. `seed` keys the noise
+        (world i gets seed + i; None: drawn from the first reset generator).
+        """
+        frames = self.world.check_frames(frames, "frames", (3, 4, 5))
+        unbatched = frames.dim() < 5
+        frames = frames.reshape(-1, *frames.shape[-4:]) if frames.dim() == 5 else frames.reshape(
+            1, -1, *frames.shape[-3:]
+        )
+        b, f = frames.shape[:2]
+        model_actions = None
+        if actions is not None:
+            actions = torch.as_tensor(actions)
+            size = self.action_spec.shape[-1]
+            if actions.shape[-2:] != (f - 1, size) or actions.numel() != b * (f - 1) * size:
+                raise WorldFlowError(
+                    f"actions: expected shape (*batch, {f - 1}, {size}) for {f} frames, "
+                    f"got {tuple(actions.shape)}"
+                )
+            flat, _ = self._check_action(actions.reshape(b * (f - 1), size), b * (f - 1), "actions")
+            model_actions = None if flat is None else flat.reshape(b, f - 1, *flat.shape[1:])
+        if seed is None:
+            seed = int(torch.randint(2**62, (), generator=self._rngs[0]))
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"seed: expected an int or None, got {seed!r}")
+        text = None if self._text is None else self._text.expand(b, -1, -1)
+        out = self._started([seed + i for i in range(b)], frames, model_actions, text)
+        return out[0] if unbatched else out
+
+    @torch.no_grad()
+    def observe(self, tensordict: TensorDictBase, frames, action) -> TensorDictBase:
+        """Push real frames into the worlds: `frames` uint8 (*B, H, W, 3) arrived after
+        `action` (the `action` entry's format). Returns the worlds' TensorDict with `pixels`
+        the real frames, their scores (how surprising each was) and the state advanced; a
+        bad argument raises before anything changes.
+        """
+        shape = tensordict.batch_size
+        n = max(shape.numel(), 1)
+        frames = self.world.check_frames(frames, "frames", (len(shape) + 3,))
+        if tuple(frames.shape[:-3]) != tuple(shape):
+            raise WorldFlowError(
+                f"frames: expected batch shape {tuple(shape)}, got {tuple(frames.shape[:-3])}"
+            )
+        action = torch.as_tensor(action)
+        model_actions, _ = self._check_action(action.reshape(n, -1), n)
+        flat = tensordict.reshape(n)
+        frames = frames.reshape(n, *frames.shape[-3:])
+        st, world = flat.get("state"), self.world
+        index, seeds = st.get("frame_index"), st.get("noise_seed")
+        nll = torch.empty(n, dtype=torch.float32)
+
+        def observe(idx: Tensor, state: VideoState) -> None:
+            acts = None if model_actions is None else model_actions[idx]
+            nll[idx] = world.observe(state, frames[idx], acts, seeds[idx].tolist(), index[idx].tolist())
+
+        out = self._advance(st, observe)
+        task, logit = world.head_outputs(flat.get("pixels").cpu(), frames)
+        no = torch.zeros(n, 1, dtype=torch.bool)
+        return TensorDict(
+            {
+                "pixels": frames,
+                "state": out,
+                "jacobi_iterations": torch.zeros(n, dtype=torch.int64),
+                **self._scores(nll, task, logit),
+                "done": no,
+                "terminated": no.clone(),
+                "truncated": no.clone(),
+            },
+            batch_size=[n],
+        ).to(self.device).reshape(shape)
+
+    def _advance(self, st: TensorDictBase, advance) -> dict[str, Tensor]:
+        """Run `advance(idx, state)` on the flat state buffers `st`, one pass per window layout
+        (lined up by early slides); returns the new buffers."""
+        world = self.world
+        window, index = st.get("frames"), st.get("frame_index")
+        recent = index.clamp(max=world.keep)
+        out = {
+            key: torch.empty_like(st.get(key))
+            for key in st.keys()
+            if key not in ("frame_index", "noise_seed", "steps")
+        }
+        groups = []  # items whose windows hold equally many frames share a pass
+        for f, g in torch.stack([window, recent], -1).unique(dim=0).tolist():
+            idx = ((window == f) & (recent == g)).nonzero().squeeze(-1)
+            groups.append((idx, self._unpack(st, idx, f, g)))
+        for idx, state in world.line_up(groups):
+            advance(idx, state)
+            for key, value in self._pack(state).items():
+                out[key][idx] = value
+        out.update(frame_index=index + 1, noise_seed=st.get("noise_seed").clone(), steps=st.get("steps") + 1)
+        return out
+
+    def _check_action(
+        self, action: Tensor | None, n: int, name: str = "action"
+    ) -> tuple[Tensor | None, Tensor]:
         """(n, ...) env actions -> model actions and env-side actions (index or vector)."""
         spec = self.action_spec
         if action is None:
-            raise WorldFlowError("action: expected an 'action' entry in the tensordict, found none")
+            raise WorldFlowError(f"{name}: expected an 'action' entry in the tensordict, found none")
         size = spec.shape[-1]
         if action.shape != (n, size):
-            raise WorldFlowError(f"action: expected shape (*batch, {size}), got {tuple(action.shape)}")
+            raise WorldFlowError(f"{name}: expected shape (*batch, {size}), got {tuple(action.shape)}")
         if isinstance(spec, ArgmaxOneHot):
             if action.is_complex() or not (
                 ((action == 0) | (action == 1)).all() and (action.sum(-1) == 1).all()
             ):
                 raise WorldFlowError(
-                    f"action: expected one-hot vectors of size {size}, got {action.tolist()}"
+                    f"{name}: expected one-hot vectors of size {size}, got {action.tolist()}"
                 )
             index = action.argmax(-1).long()
             return (index if self.world.config.has_actions else None), index
         if not action.is_floating_point():
-            raise TypeError(f"action: expected float actions, got dtype {action.dtype}")
+            raise TypeError(f"{name}: expected float actions, got dtype {action.dtype}")
         if not torch.isfinite(action).all():
-            raise WorldFlowError(f"action: expected finite values, got {action.tolist()}")
+            raise WorldFlowError(f"{name}: expected finite values, got {action.tolist()}")
         low, high = spec.space.low.reshape(-1, size)[0], spec.space.high.reshape(-1, size)[0]
         if (action < low).any() or (action > high).any():
             raise WorldFlowError(
-                f"action: expected values in [{low.tolist()}, {high.tolist()}], got {action.tolist()}"
+                f"{name}: expected values in [{low.tolist()}, {high.tolist()}], got {action.tolist()}"
             )
         return action.to(self.model.dtype), action
 
@@ -302,29 +420,19 @@ class WorldFlowTorchRLEnv(EnvBase):
         flat = tensordict.reshape(n)
         model_actions, env_actions = self._check_action(flat.get("action", None), n)
         st, world = flat.get("state"), self.world
-        window, index, seeds = st.get("frames"), st.get("frame_index"), st.get("noise_seed")
-        recent = index.clamp(max=world.keep)
-        out = {
-            key: torch.empty_like(st.get(key))
-            for key in st.keys()
-            if key not in ("frame_index", "noise_seed", "steps")
-        }
+        index, seeds = st.get("frame_index"), st.get("noise_seed")
         pixels = torch.empty(n, *world.observation_space.shape, dtype=torch.uint8)
         nll, calls = torch.empty(n, dtype=torch.float32), torch.empty(n, dtype=torch.int64)
-        groups = []  # items whose windows hold equally many frames share a pass
-        for f, g in torch.stack([window, recent], -1).unique(dim=0).tolist():
-            idx = ((window == f) & (recent == g)).nonzero().squeeze(-1)
-            groups.append((idx, self._unpack(st, idx, f, g)))
-        for idx, state in world.line_up(groups):
+
+        def advance(idx: Tensor, state: VideoState) -> None:
             acts = None if model_actions is None else model_actions[idx]
-            frames, nll[idx], calls[idx] = world.advance(
+            pixels[idx], nll[idx], calls[idx] = world.advance(
                 state, acts, seeds[idx].tolist(), index[idx].tolist()
             )
-            pixels[idx] = frames
-            for key, value in self._pack(state).items():
-                out[key][idx] = value
-        out.update(frame_index=index + 1, noise_seed=seeds.clone(), steps=st.get("steps") + 1)
-        task, terminated = world.judge(flat.get("pixels").cpu(), pixels)
+
+        out = self._advance(st, advance)
+        task, logit = world.head_outputs(flat.get("pixels").cpu(), pixels)
+        terminated = torch.zeros(n, dtype=torch.bool) if logit is None else logit > 0
         scores = world.scores(nll)
 
         def item(i):
@@ -343,7 +451,7 @@ class WorldFlowTorchRLEnv(EnvBase):
                     "pixels": pixels,
                     "state": out,
                     "jacobi_iterations": calls,
-                    **{k: scores[k].float() for k in SCORES},
+                    **self._scores(nll, task, logit),
                     "reward": reward.float()[:, None],
                     "done": terminated | truncated,
                     "terminated": terminated,

@@ -334,11 +334,20 @@ class DreamWorld:
     def judge(self, previous: Tensor, frames: Tensor) -> tuple[Tensor | None, Tensor]:
         """The learned heads on transitions uint8 (B, H, W, C) -> (B, H, W, C): task reward (B,)
         or None without heads, and termination (B,) bool (logit > 0)."""
-        if self.model.heads is None:
+        reward, logit = self.head_outputs(previous, frames)
+        if reward is None:
             return None, torch.zeros(frames.shape[0], dtype=torch.bool)
+        return reward, logit > 0
+
+    @torch.no_grad()
+    def head_outputs(self, previous: Tensor, frames: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The learned heads' raw outputs: task reward (B,) and termination logit (B,), float32
+        on the CPU, or (None, None) for a model without heads."""
+        if self.model.heads is None:
+            return None, None
         both = frames_to_model(torch.stack([previous, frames], dim=1)).to(self.model.device, self.model.dtype)
         reward, logit = self.model.heads(both[:, 0], both[:, 1])
-        return reward.float().cpu(), (logit > 0).cpu()
+        return reward.float().cpu(), logit.float().cpu()
 
     # ------------------------------------------------------------------ scores and rewards
     def scores(self, nll: Tensor) -> dict[str, Tensor]:

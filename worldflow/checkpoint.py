@@ -149,6 +149,7 @@ def load_pretrained(cls, name_or_path, device="cpu"):
     model = cls(config)
     load_weights(model, weights, path / WEIGHTS)
     model.info = info
+    model.source_dir = path
     if (path / START_FRAMES).is_file():
         frames = read_tensors(path / START_FRAMES).get("frames")
         expected = (*config.frame_size, config.channels)

@@ -74,6 +74,7 @@ class WorldFlow(LikelihoodMixin, GenerationMixin, nn.Module):
         self.heads = TaskHeads(cfg.channels) if cfg.task_heads else None
         self.info: dict = {}  # what from_pretrained read beside the weights (training record)
         self.start_frames: Tensor | None = None  # real first frames (K, H, W, 3) uint8, if any
+        self.source_dir = None  # the folder from_pretrained read (files shipped beside the model)
 
     # ---------------------------------------------------------------- construction
     @classmethod

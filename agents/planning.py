@@ -1,0 +1,125 @@
+"""`PlannerAgent`: model-predictive control in the dream with TorchRL's CEM and MPPI planners.
+
+At every real step the agent holds the world's state (a TensorDict of
+`WorldFlowTorchRLEnv`): `reset(frame)` begins it from the real first frame, `act()`
+expands it over candidate plans, imagines each `horizon` frames ahead and returns the
+first action of the best plan (`CEMPlanner` / `MPPIPlanner`), `observe(frame, action)`
+pushes the real frame that followed into the world and returns its surprise. Imagined
+rollouts start from frames the real environment produced, so the dream never drifts
+further than one plan's horizon.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule
+from torch import Tensor, nn
+from torchrl.envs import TransformedEnv
+from torchrl.modules import CEMPlanner, MPPIPlanner
+from torchrl.objectives.value import TDLambdaEstimator
+
+from worldflow.config import SamplerConfig
+
+from .config import AgentConfig
+from .objective import DreamObjective
+
+
+class _NoValue(nn.Module):
+    """A value of 0 beyond the horizon: MPPI's advantage becomes the plan's imagined return."""
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return torch.zeros(*pixels.shape[:-3], 1)
+
+
+def planning_env(model, cfg: AgentConfig) -> TransformedEnv:
+    """The dream the planners search: `WorldFlowTorchRLEnv` on the cheap (or full) path with
+    the `DreamObjective` reward."""
+    from worldflow.envs import WorldFlowTorchRLEnv
+
+    world = WorldFlowTorchRLEnv(
+        model,
+        reward="task",
+        sampler=SamplerConfig(max_iterations=cfg.jacobi_iterations),
+        temperature=cfg.temperature,
+        denoise=cfg.denoise,
+        seed=cfg.seed,
+    )
+    return TransformedEnv(world, DreamObjective(cfg.termination_weight, cfg.likelihood_weight))
+
+
+class PlannerAgent:
+    """CEM or MPPI over the dream; acts on one real environment (see the module docstring).
+
+    Example:
+        >>> agent = PlannerAgent(WorldFlow.from_pretrained("cartpole"), AgentConfig(agent="cem"))
+        >>> agent.reset(first_frame)                 # uint8 (H, W, 3), the real env's render
+        >>> action = agent.act()                      # an int for discrete models
+        >>> surprise = agent.observe(next_frame, action)
+    """
+
+    def __init__(self, model, cfg: AgentConfig):
+        if cfg.agent not in ("cem", "mppi"):
+            raise ValueError(f"agent: PlannerAgent plans with 'cem' or 'mppi', got {cfg.agent!r}")
+        self.cfg = cfg
+        self.env = planning_env(model, cfg)
+        self.world = self.env.base_env
+        self.model = self.world.model
+        common = dict(
+            planning_horizon=cfg.horizon,
+            optim_steps=cfg.optim_steps,
+            num_candidates=cfg.candidates,
+            top_k=cfg.top_k,
+        )
+        if cfg.agent == "cem":
+            self.planner = CEMPlanner(self.env, **common)
+        else:
+            value = TensorDictModule(_NoValue(), in_keys=["pixels"], out_keys=["state_value"])
+            advantage = TDLambdaEstimator(gamma=1.0, lmbda=1.0, value_network=value)
+            self.planner = MPPIPlanner(self.env, advantage, cfg.mppi_temperature, **common)
+        self.discrete = hasattr(self.world.world.action_space, "n")
+        self.state: TensorDictBase | None = None
+        self._generator = torch.Generator().manual_seed(cfg.seed)
+
+    def reset(self, frame: np.ndarray, seed: int | None = None) -> None:
+        """Begin the world from the real environment's first frame uint8 (H, W, 3)."""
+        self.state = self.world.begin(np.asarray(frame), seed=self.cfg.seed if seed is None else seed)
+
+    @torch.no_grad()
+    def act(self):
+        """The first action of the best imagined plan (int, or a float array for continuous models)."""
+        if self.state is None:
+            raise RuntimeError("act: call reset(first_frame) first")
+        with torch.random.fork_rng():  # the planners draw from the global generator: seed it, then restore
+            torch.manual_seed(int(torch.randint(2**62, (), generator=self._generator)))
+            action = self.planner.planning(self.state.clone())  # the plan's mean first action
+        if self.discrete:
+            return int(action.argmax(-1))
+        space = self.world.world.action_space
+        return np.clip(action.numpy(), space.low, space.high).astype(space.dtype)
+
+    @torch.no_grad()
+    def observe(self, frame: np.ndarray, action) -> float:
+        """Push the real frame uint8 (H, W, 3) that followed `action`; returns its surprise
+        (bits/dim above the noise floor)."""
+        if self.state is None:
+            raise RuntimeError("observe: call reset(first_frame) first")
+        self.state = self.world.observe(self.state, np.asarray(frame), self._env_action(action))
+        return float(self.state.get("surprise"))
+
+    @torch.no_grad()
+    def imagine(self, action, steps: int = 1) -> np.ndarray:
+        """The dream's next `steps` frames uint8 (steps, H, W, 3) if `action` is repeated (for videos)."""
+        td, frames = self.state.clone(), []
+        for _ in range(steps):
+            td.set("action", self._env_action(action))
+            td = self.env.step(td).get("next")
+            frames.append(td.get("pixels").numpy())
+        return np.stack(frames)
+
+    def _env_action(self, action) -> Tensor:
+        if self.discrete:
+            n = int(self.world.world.action_space.n)
+            return torch.nn.functional.one_hot(torch.tensor(int(action)), n).float()
+        return torch.as_tensor(np.asarray(action), dtype=torch.float32)

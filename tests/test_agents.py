@@ -1,0 +1,146 @@
+"""worldflow.agents: config checks, real frames into the world, the objective, the agents' loop."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import build
+from test_envs import cartpole_model
+
+import worldflow as wf
+from worldflow.agents import AgentConfig, DreamObjective, LinearPolicy, RandomAgent, make_agent, play
+from worldflow.agents.planning import planning_env
+from worldflow.envs import WorldFlowTorchRLEnv
+from worldflow.errors import WorldFlowError
+
+
+@pytest.fixture(scope="module")
+def model():
+    return cartpole_model(max_frames=4, context_frames=2)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("agent", "ppo"),
+        ("horizon", 0),
+        ("candidates", 2.5),
+        ("top_k", 99),
+        ("optim_steps", -1),
+        ("jacobi_iterations", 0),
+        ("termination_weight", math.nan),
+        ("likelihood_weight", "high"),
+        ("temperature", -1.0),
+        ("denoise", "yes"),
+        ("seed", None),
+    ],
+)
+def test_bad_agent_config_names_the_field(field, value):
+    with pytest.raises(WorldFlowError, match=field):
+        AgentConfig(**{field: value})
+
+
+def test_observing_frames_one_by_one_equals_beginning_from_all_of_them(model):
+    env = WorldFlowTorchRLEnv(model, context_noise=False, seed=0)
+    gen = torch.Generator().manual_seed(4)
+    frames = torch.randint(0, 256, (3, *model.config.frame_size, 3), dtype=torch.uint8, generator=gen)
+    one_hot = torch.eye(2)[[1, 0]]  # actions after frames 0 and 1
+    whole = env.begin(frames, one_hot[None].expand(1, 2, 2)[0], seed=7)
+    td = env.begin(frames[0], seed=7)
+    for t in (1, 2):
+        td = env.observe(td, frames[t], one_hot[t - 1])
+    n = whole["state", "frames"].item() * model.config.tokens_per_frame
+    assert td["state", "frames"] == whole["state", "frames"] and td["state", "frame_index"] == 3
+    keys, expected = td["state", "keys"][..., :n, :], whole["state", "keys"][..., :n, :]
+    torch.testing.assert_close(keys, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(td["state", "tokens"], whole["state", "tokens"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(td["log_likelihood"], whole["log_likelihood"], atol=1e-2, rtol=1e-5)
+    assert torch.equal(td["pixels"], frames[2])
+
+
+def test_observe_rejects_bad_input_and_keeps_the_state(model):
+    env = WorldFlowTorchRLEnv(model, seed=0)
+    td = env.begin(model.start_frames[0], seed=1)
+    before = td.clone()
+    with pytest.raises(WorldFlowError, match="frames"):
+        env.observe(td, model.start_frames[:2], torch.tensor([1.0, 0.0]))
+    with pytest.raises(WorldFlowError, match="action"):
+        env.observe(td, model.start_frames[1], torch.tensor([1.0, 1.0]))
+    assert (td == before).all()
+
+
+def test_objective_is_task_reward_minus_weighted_logit_plus_weighted_surprise(model):
+    cfg = AgentConfig(termination_weight=0.7, likelihood_weight=-0.3)
+    env = planning_env(model, cfg)
+    assert isinstance(env.transform, DreamObjective)
+    td = env.base_env.begin(model.start_frames[:2, None], seed=0)
+    td.set("action", torch.eye(2)[[0, 1]])
+    nxt = env.step(td)["next"]
+    expected = nxt["task_reward"] - 0.7 * nxt["termination_logit"] - 0.3 * nxt["surprise"]
+    torch.testing.assert_close(nxt["reward"].squeeze(-1), expected)
+    assert nxt["termination_logit"].abs().sum() > 0  # the heads really ran
+
+
+@pytest.mark.parametrize("agent", ["cem", "mppi"])
+def test_planner_agent_acts_observes_and_is_seeded(model, agent):
+    cfg = AgentConfig(agent=agent, horizon=2, candidates=4, top_k=2, seed=3)
+    actions = []
+    for _ in range(2):
+        planner = make_agent(model, cfg)
+        planner.reset(model.start_frames[0].numpy())
+        chosen = []
+        for t in range(3):
+            a = planner.act()
+            assert a in (0, 1)
+            surprise = planner.observe(model.start_frames[t + 1].numpy(), a)
+            assert math.isfinite(surprise)
+            chosen.append(a)
+        assert planner.state["state", "frame_index"] == 4
+        actions.append(chosen)
+    assert actions[0] == actions[1]
+
+
+def test_planner_follows_the_objective(model):
+    """Over a one-step horizon the planner takes the action whose imagined step the
+    objective scores higher (candidates share the dream's noise: only the action differs)."""
+    cfg = AgentConfig(horizon=1, candidates=8, top_k=2, termination_weight=5.0)
+    planner = make_agent(model, cfg)
+    td = planner.world.begin(model.start_frames[0], seed=0)
+    rewards = []
+    for a in (0, 1):
+        step = td.clone()
+        step.set("action", torch.eye(2)[a])
+        rewards.append(float(planner.env.step(step)["next", "reward"]))
+    assert rewards[0] != rewards[1]
+    planner.reset(model.start_frames[0].numpy(), seed=0)
+    assert planner.act() == int(np.argmax(rewards))
+
+
+def test_linear_policy_acts_by_the_sign_and_round_trips(tmp_path):
+    policy = LinearPolicy(weights=[0.0, 1.0, 0.0, 0.5], bias=-0.1)
+    feats = np.array([[0, 0.2, 0, 0], [0, -0.2, 0, 0], [0, 0.0, 0, 0.1]], dtype=np.float32)
+    assert policy.act(feats).tolist() == [1, 0, 0]
+    policy.save(tmp_path / "p.json")
+    assert LinearPolicy.load(tmp_path / "p.json") == policy
+    (tmp_path / "bad.json").write_text('{"weights": [1, 2], "bias": 0}')
+    with pytest.raises(WorldFlowError, match="policy"):
+        LinearPolicy.load(tmp_path / "bad.json")
+
+
+def test_policy_agent_needs_a_cartpole_model():
+    pendulum = build(action_dim=1, env_id="Pendulum-v1")
+    with pytest.raises(WorldFlowError, match="agent"):
+        make_agent(pendulum, AgentConfig(agent="policy"), policy=LinearPolicy([0.0] * 4, 0.0))
+
+
+def test_random_agent_in_real_cartpole_gets_the_real_return():
+    model = wf.WorldFlow.from_pretrained("cartpole")
+    agent = make_agent(model, AgentConfig(agent="random", seed=0))
+    assert isinstance(agent, RandomAgent)
+    episode = play(agent, model, seed=5, record=True, progress=False)
+    assert episode.ret == episode.steps and 5 <= episode.steps < 200
+    assert len(episode.frames) == episode.steps + 1
+    assert episode.frames[0].shape == (*model.config.frame_size, 3)
+    again = play(make_agent(model, AgentConfig(agent="random", seed=0)), model, seed=5, progress=False)
+    assert again.ret == episode.ret
