@@ -1,0 +1,124 @@
+"""Planning in the dream, acting in real CartPole: return and speed of every agent.
+
+    python benchmarks/planning.py [--agents cem,mppi,policy,random] [--episodes 10] ...
+
+1. Real CartPole-v1 return over `episodes` seeded episodes (seeds `seed`, `seed + 1`, ...;
+   the same for every agent), mean and std, and seconds per real step (wall time of the
+   whole loop: planning, observing the real frame, the real env's step and render).
+   Agents: `cem` / `mppi` plan in the dream (`worldflow.agents.PlannerAgent`, the cheap
+   path), `policy` is the linear policy learned in the dream (the model's shipped
+   `policy.json`), `random` the uniform baseline.
+2. Agreement of the cheap planning path with the full one: on `agreement_states` real
+   states (frames of seeded heuristic-policy episodes), the fraction where CEM on the
+   cheap path (one Jacobi pass a block, no denoising) picks the same first action as CEM
+   on the full path (Jacobi to convergence, learned denoising), from the same seed.
+
+Prints one JSON line; `--out` also writes it (e.g. benchmarks/results/planning.json).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import worldflow as wf
+from worldflow.agents import AgentConfig, make_agent, play
+from worldflow.benchmarking import benchmark_main, machine
+from worldflow.data import record_episode
+
+
+@dataclass
+class Args:
+    model: str = "cartpole"
+    agents: str = "cem,mppi,policy,random"
+    episodes: int = 10
+    seed: int = 1000  # episode i is reset with seed + i
+    max_steps: int = 0  # 0: the environment's own limit (500)
+    horizon: int = 8
+    candidates: int = 16
+    top_k: int = 2
+    agreement_states: int = 20
+    threads: int = 2
+    out: str = ""  # e.g. benchmarks/results/planning.json
+
+
+def evaluate(model, args: Args, name: str) -> dict:
+    cfg = AgentConfig(agent=name, horizon=args.horizon, candidates=args.candidates, top_k=args.top_k)
+    agent = make_agent(model, cfg)
+    returns, steps, seconds = [], 0, 0.0
+    for i in range(args.episodes):
+        episode = play(agent, model, args.seed + i, args.max_steps or None, progress=True)
+        returns.append(episode.ret)
+        steps, seconds = steps + episode.steps, seconds + episode.seconds
+        print(f"  {name} episode {i}: return {episode.ret:.0f}", file=sys.stderr, flush=True)
+    return {
+        "returns": returns,
+        "mean_return": round(float(np.mean(returns)), 1),
+        "std_return": round(float(np.std(returns)), 1),
+        "seconds_per_step": round(seconds / max(steps, 1), 4),
+    }
+
+
+def agreement(model, args: Args) -> dict:
+    """Same first action, cheap vs full planning path, over real states."""
+    cheap_cfg = AgentConfig(horizon=args.horizon, candidates=args.candidates, top_k=args.top_k)
+    full_cfg = AgentConfig(
+        horizon=args.horizon,
+        candidates=args.candidates,
+        top_k=args.top_k,
+        jacobi_iterations=None,
+        denoise=True,
+    )
+    cheap, full = make_agent(model, cheap_cfg), make_agent(model, full_cfg)
+    cfg, same, times = model.config, 0, {"cheap": 0.0, "full": 0.0}
+    rng = np.random.default_rng(args.seed)
+    for k in range(args.agreement_states):
+        ep = record_episode(
+            cfg.env_id, seed=args.seed + 10_000 + k, max_steps=60, frame_size=cfg.frame_size, crop=cfg.crop
+        )
+        t = int(rng.integers(0, len(ep["frames"]) - 1))
+        frames, acts = ep["frames"][max(t - 3, 0) : t + 1], ep["actions"][max(t - 3, 0) : t]
+        one_hot = torch.nn.functional.one_hot(acts.long(), 2).float()
+        chosen = []
+        for name, agent in (("cheap", cheap), ("full", full)):
+            agent.state = agent.world.begin(frames, one_hot, seed=k)
+            agent._generator.manual_seed(k)
+            start = time.perf_counter()
+            chosen.append(agent.act())
+            times[name] += time.perf_counter() - start
+        same += chosen[0] == chosen[1]
+    n = args.agreement_states
+    return {
+        "agreement": round(same / n, 3),
+        "states": n,
+        "seconds_per_plan": {k: round(v / n, 3) for k, v in times.items()},
+    }
+
+
+def run(args: Args) -> dict:
+    torch.set_num_threads(args.threads)
+    model = wf.WorldFlow.from_pretrained(args.model)
+    results = {}
+    for name in args.agents.split(","):
+        results[name] = evaluate(model, args, name)
+        print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+    out = {
+        "benchmark": "planning",
+        "model": args.model,
+        "env": model.config.env_id,
+        "episodes": args.episodes,
+        "seeds": [args.seed, args.seed + args.episodes - 1],
+        "planner": {"horizon": args.horizon, "candidates": args.candidates, "top_k": args.top_k},
+        **results,
+    }
+    if args.agreement_states:
+        out["cheap_vs_full"] = agreement(model, args)
+    return {**out, **machine()}
+
+
+if __name__ == "__main__":
+    benchmark_main(Args, run, __doc__)
