@@ -3,10 +3,17 @@
 `LinearPolicy` acts on four numbers read from the last two frames by the CartPole pixel
 reader (`worldflow.data.read_cartpole_state`): cart position, pole angle and their
 per-second changes. `train_policy` searches its five parameters by the cross-entropy
-method over batched dream rollouts — every candidate policy drives `starts` dreamed
-episodes from the model's real start frames, scored by the steps until the learned
-termination head fires — and never sees the real environment. The features are fixed
-(not learned); what is learned in the dream is the control law.
+method over batched dream rollouts, and never runs the real environment under a policy
+it is learning. As in Dreamer, imagination starts from real moments of the kind of data
+the world model was trained on (two consecutive frames of seeded episodes of the data
+policy, `mixed`): many starts, near-failures among them, and a short horizon, because a
+dream trusted for long runs drifts and a search exploits the drift (from the reset frames
+alone with 100 imagined steps, every candidate survived the whole dream and the winner
+lasted 32 steps in the real env). A candidate's score is its mean imagined return under
+the planners' objective (`DreamObjective`: task reward minus the termination logit), summed
+until the learned termination head fires: graded, where survival counts barely tell a
+controller from "always push left" in a 30-step dream. The features are fixed (not learned); what is
+learned in the dream is the control law.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from worldflow.data import read_cartpole_state
+from worldflow.data import read_cartpole_state, record_episode
 from worldflow.errors import WorldFlowError
 
 from .config import AgentConfig
@@ -70,12 +77,12 @@ class LinearPolicy:
 class ImaginationConfig:
     """The cross-entropy search of `train_policy` (sizes of the dream it runs)."""
 
-    generations: int = 8
-    population: int = 16  # candidate policies a generation
-    elite: int = 4
-    starts: int = 2  # dreamed episodes per candidate
-    steps: int = 100  # imagined steps per episode
-    seed: int = 0
+    generations: int = 10
+    population: int = 12  # candidate policies a generation
+    elite: int = 3
+    starts: int = 12  # real moments each candidate is dreamed from (the same for all)
+    steps: int = 50  # imagined steps from each
+    seed: int = 0  # the search's noise, the start moments' episodes (seed + 50_000 + i)
 
 
 def check_cartpole(model) -> None:
@@ -85,30 +92,48 @@ def check_cartpole(model) -> None:
         )
 
 
+def start_moments(model, cfg: ImaginationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cfg.starts` real moments: uint8 (starts, 2, H, W, 3) frames and the (starts,) action between them,
+    a few from each seeded episode of the data policy (never the last, terminal, frame)."""
+    c, rng = model.config, np.random.default_rng(cfg.seed)
+    frames, actions, episode = [], [], 0
+    while len(frames) < cfg.starts:
+        ep = record_episode(c.env_id, seed=cfg.seed + 50_000 + episode, max_steps=300,
+                            frame_size=c.frame_size, crop=c.crop, policy="mixed")
+        episode += 1
+        n = len(ep["frames"])
+        for t in rng.integers(1, n - 1, size=min(cfg.starts - len(frames), 4)) if n > 2 else ():
+            frames.append(ep["frames"][t - 1 : t + 1])
+            actions.append(ep["actions"][t - 1])
+    return torch.stack(frames), torch.stack(actions).long()
+
+
 @torch.no_grad()
 def dream_returns(
-    model, policies: np.ndarray, biases: np.ndarray, cfg: ImaginationConfig, agent: AgentConfig
+    model, policies: np.ndarray, biases: np.ndarray, cfg: ImaginationConfig, agent: AgentConfig,
+    starts: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """Mean imagined return of each policy (P,) over `cfg.starts` dreamed episodes from
-    the model's start frames (the same for every policy: common random numbers)."""
-    env = planning_env(model, agent).base_env
-    p, s = len(biases), cfg.starts
-    rng = np.random.default_rng(cfg.seed)
-    starts = model.start_frames[rng.integers(len(model.start_frames), size=s)]  # (s, H, W, 3)
-    frames = starts.repeat(p, 1, 1, 1)[:, None]  # (p s, 1, H, W, 3), policy-major
-    td = env.begin(frames, seed=cfg.seed)
+    """Mean imagined return of each policy (P,) from the real `starts` moments
+    (`start_moments`; the same for every policy: common random numbers): the planners'
+    objective (`DreamObjective`) summed until the learned termination head fires."""
+    env = planning_env(model, agent)
+    frames, actions = starts if starts is not None else start_moments(model, cfg)
+    p, s = len(biases), len(frames)
+    n = env.action_spec.shape[-1]
+    one_hot = torch.nn.functional.one_hot(actions, n).float()[:, None]  # (s, 1, n)
+    td = env.begin(frames.repeat(p, 1, 1, 1, 1), one_hot.repeat(p, 1, 1), seed=cfg.seed)  # policy-major
     w = np.repeat(policies, s, axis=0)
     b = np.repeat(biases, s)
-    previous = td.get("pixels").numpy()
+    previous = frames[:, 0].repeat(p, 1, 1, 1).numpy()
     alive = np.ones(p * s, dtype=bool)
     returns = np.zeros(p * s)
     for _ in range(cfg.steps):
         pixels = td.get("pixels").numpy()
         act = ((cartpole_features(previous, pixels) * w).sum(-1) + b > 0).astype(np.int64)
-        td.set("action", torch.nn.functional.one_hot(torch.from_numpy(act), 2).float())
+        td.set("action", torch.nn.functional.one_hot(torch.from_numpy(act), n).float())
         nxt = env.step(td).get("next")
+        returns += alive * nxt.get("reward").squeeze(-1).numpy()
         alive &= ~nxt.get("terminated").squeeze(-1).numpy()
-        returns += alive
         previous, td = pixels, nxt.exclude("reward", "done", "terminated", "truncated")
         if not alive.any():
             break
@@ -130,16 +155,17 @@ def train_policy(model, cfg: ImaginationConfig | None = None, agent: AgentConfig
     rng = np.random.default_rng(cfg.seed)
     mean, std = np.zeros(5), np.ones(5)
     history = []
+    starts = start_moments(model, cfg)
     bar = tqdm(range(cfg.generations), desc="policy in the dream", disable=not progress)
     for _ in bar:
         params = mean + std * rng.standard_normal((cfg.population, 5))
         params[0] = mean  # the current mean is always a candidate
-        scores = dream_returns(model, params[:, :4], params[:, 4], cfg, agent)
+        scores = dream_returns(model, params[:, :4], params[:, 4], cfg, agent, starts)
         elite = params[np.argsort(-scores)[: cfg.elite]]
         mean, std = elite.mean(0), elite.std(0) + 0.05
         history.append(float(scores.max()))
         bar.set_postfix(best=f"{scores.max():.0f}", mean_policy=f"{scores[0]:.0f}")
-    final = dream_returns(model, mean[None, :4], mean[None, 4:5].reshape(1), cfg, agent)
+    final = dream_returns(model, mean[None, :4], mean[None, 4:5].reshape(1), cfg, agent, starts)
     trained = {"config": asdict(cfg), "best_dream_return_per_generation": history,
                "dream_return": float(final[0]), "steps_cap": cfg.steps}
     return LinearPolicy(weights=[float(v) for v in mean[:4]], bias=float(mean[4]), trained=trained)

@@ -144,3 +144,31 @@ def test_random_agent_in_real_cartpole_gets_the_real_return():
     assert episode.frames[0].shape == (*model.config.frame_size, 3)
     again = play(make_agent(model, AgentConfig(agent="random", seed=0)), model, seed=5, progress=False)
     assert again.ret == episode.ret
+
+
+@pytest.mark.slow  # about ten minutes on two cores: three planned episodes of up to 200 real steps
+def test_cem_in_the_dream_beats_random_five_times_in_real_cartpole():
+    model = wf.WorldFlow.from_pretrained("cartpole")
+    seeds = (2000, 2001, 2002)
+    returns = {}
+    for name in ("cem", "random"):
+        agent = make_agent(model, AgentConfig(agent=name, seed=0))
+        episodes = [play(agent, model, seed=s, max_steps=200, progress=False) for s in seeds]
+        returns[name] = np.mean([e.ret for e in episodes])
+    assert returns["cem"] >= 5 * returns["random"], returns
+
+
+@pytest.mark.slow  # a minute: two generations of the cross-entropy search in the dream
+def test_policy_trained_in_the_dream_alone_balances_in_the_real_env():
+    from worldflow.agents.imagined import ImaginationConfig, train_policy
+
+    model = wf.WorldFlow.from_pretrained("cartpole")
+    cfg = ImaginationConfig(generations=2, population=8, elite=2, starts=2, steps=60, seed=3)
+    policy = train_policy(model, cfg, progress=False)
+    assert policy.trained["config"]["generations"] == 2 and 0 <= policy.trained["dream_return"] <= 60
+    agent = make_agent(model, AgentConfig(agent="policy"), policy)
+    random = make_agent(model, AgentConfig(agent="random", seed=0))
+    seeds = (2000, 2001, 2002)
+    real = np.mean([play(agent, model, seed=s, max_steps=200, progress=False).ret for s in seeds])
+    baseline = np.mean([play(random, model, seed=s, max_steps=200, progress=False).ret for s in seeds])
+    assert real > 2 * baseline, (real, baseline)

@@ -179,3 +179,19 @@ def test_anomaly_benchmark_smoke(cartpole_dir):
     for bad in ({"pass_rate": 1.5}, {"episodes": 1}, {"shift": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             bench.run(bench.Args(model=cartpole_dir, **bad))
+
+
+def test_planning_benchmark_smoke(cartpole_dir):
+    bench = load_script("planning")
+    args = bench.Args(model=cartpole_dir, agents="cem,random", episodes=2, max_steps=4, horizon=2,
+                      candidates=4, agreement_states=2, threads=torch.get_num_threads())
+    result = bench.run(args)
+    json.dumps(result, allow_nan=False)
+    assert result["benchmark"] == "planning" and result["seeds"] == [args.seed, args.seed + 1]
+    for name in ("cem", "random"):
+        part = result[name]
+        assert len(part["returns"]) == 2 and all(1 <= r <= 4 for r in part["returns"])
+        assert part["mean_return"] == pytest.approx(sum(part["returns"]) / 2, abs=0.05)
+        assert part["seconds_per_step"] > 0
+    agree = result["cheap_vs_full"]
+    assert agree["states"] == 2 and agree["agreement"] in (0.0, 0.5, 1.0)

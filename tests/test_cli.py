@@ -34,12 +34,16 @@ def test_generate_writes_a_video_and_frames(tmp_path, capsys):
 def test_demo_dreams_scores_and_plots(tmp_path, capsys):
     path = tiny_world_model(tmp_path)
     out = tmp_path / "demo"
-    args = ["demo", f"model={path}", "steps=10", "context=2", "anomaly_at=6", f"out={out}"]
+    args = ["demo", f"model={path}", "steps=10", "context=2", "anomaly_at=6", f"out={out}", "plan_steps=3"]
     assert main(args) == 0
     summary = last_json(capsys)
     assert summary["frames"] == 11 and summary["dream_frames"] == 9
     assert (out / "dream.mp4").stat().st_size > 0 and (out / "surprise.png").stat().st_size > 0
     assert summary["noise_floor_bits_per_dim"] < summary["real_bits_per_dim_mean"]
+    assert 1 <= summary["plan_steps"] <= 3 and summary["plan_return"] == summary["plan_steps"]
+    assert (out / "plan.mp4").stat().st_size > 0
+    assert main(["demo", f"model={path}", "plan_steps=-1", f"out={out}"]) == 2
+    assert "plan_steps" in capsys.readouterr().err
 
 
 def test_unknown_command_prints_usage(capsys):
@@ -75,3 +79,19 @@ def test_debug_mode_reraises(monkeypatch):
     monkeypatch.setenv("WORLDFLOW_DEBUG", "1")
     with pytest.raises(ValueError, match="model"):
         main(["demo", "model=no-such-model"])
+
+
+def test_imagine_plays_real_episodes_and_writes_the_video(tmp_path, capsys):
+    path = tiny_world_model(tmp_path)
+    out = tmp_path / "im"
+    args = ["imagine", f"model={path}", "agent=cem", "episodes=2", "max_steps=3", "horizon=2",
+            "candidates=4", f"out={out}"]
+    assert main(args) == 0
+    summary = last_json(capsys)
+    assert summary["agent"] == "cem" and len(summary["returns"]) == 2
+    assert summary["steps"] == sum(summary["returns"]) <= 6  # CartPole: +1 a step, at most 3 steps
+    assert summary["mean_return"] == pytest.approx(np.mean(summary["returns"]))
+    assert summary["seconds_per_step"] > 0 and (out / "episode.mp4").stat().st_size > 0
+    for bad, field in (("agent=dqn", "agent"), ("horizon=0", "horizon"), ("episodes=0", "episodes")):
+        assert main(["imagine", f"model={path}", bad, f"out={out}"]) == 2
+        assert field in capsys.readouterr().err

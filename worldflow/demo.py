@@ -6,9 +6,13 @@
 3. Score: the exact per-frame likelihood of the real frames, and of the same episode
    with one frame tampered with (the cart shifted): a surprise spike, and per pixel
    (`log_prob(per_dim=True)`) where in the frame the surprise lies.
+4. Plan: a short real episode driven by CEM in the dream (`worldflow.agents`): at every
+   real step candidate plans are imagined `horizon` frames ahead and the best one's first
+   action is taken in the real environment (models with task heads only).
 
 Writes `dream.mp4` (real | dream), `surprise.png` (the per-frame curves; below them the
-tampered frame, the real one and the tampered frame's surprise map) and prints one JSON line.
+tampered frame, the real one and the tampered frame's surprise map), `plan.mp4` (the real
+episode | the dream's next frame under each chosen action) and prints one JSON line.
 """
 
 from __future__ import annotations
@@ -35,12 +39,15 @@ class DemoConfig:
     seed: int = 7
     out: str = "outputs/demo"
     fps: int = 10
+    plan_steps: int = 40  # real steps of the CEM episode (0: skip planning)
 
 
 def run(cfg: DemoConfig) -> dict:
     from .data.collect import record_episode
     from .model import WorldFlow
 
+    if not isinstance(cfg.plan_steps, int) or isinstance(cfg.plan_steps, bool) or cfg.plan_steps < 0:
+        raise WorldFlowError(f"plan_steps: expected an int >= 0, got {cfg.plan_steps!r}")
     t0 = time.perf_counter()
     model = WorldFlow.from_pretrained(cfg.model)
     mc = model.config
@@ -97,8 +104,26 @@ def run(cfg: DemoConfig) -> dict:
         summary.update(_cartpole_dynamics(real, dream, cfg.context, mc))
     _plot(out / "surprise.png", bpd, bpd_tampered, floor, k, summary, (tampered[k], real[k]), extra)
     summary.update(video=str(out / "dream.mp4"), plot=str(out / "surprise.png"))
+    if cfg.plan_steps and mc.task_heads:
+        summary.update(_plan(model, cfg, out))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary
+
+
+def _plan(model, cfg: DemoConfig, out: Path) -> dict:
+    """A real episode of at most `plan_steps` steps, CEM planning in the dream at every step."""
+    from worldflow.agents import AgentConfig, make_agent, play
+
+    agent = make_agent(model, AgentConfig(agent="cem", seed=cfg.seed))
+    episode = play(agent, model, cfg.seed, cfg.plan_steps, record=True)
+    panels = side_by_side(np.stack(episode.frames[1:]), np.stack(episode.dreamed))
+    write_video(out / "plan.mp4", panels, fps=cfg.fps)
+    return {
+        "plan_return": episode.ret,
+        "plan_steps": episode.steps,
+        "plan_seconds_per_step": round(episode.seconds / max(episode.steps, 1), 3),
+        "plan_video": str(out / "plan.mp4"),
+    }
 
 
 def _cartpole_dynamics(real, dream, context, mc) -> dict:
