@@ -33,6 +33,26 @@ class _NoValue(nn.Module):
         return torch.zeros(*pixels.shape[:-3], 1)
 
 
+class _ShiftedAdvantage(nn.Module):
+    """The advantage estimator, shifted so the best candidate's first-step advantage is 0.
+
+    MPPI weighs its elite plans by exp(temperature * advantage); the weights' ratios do not
+    change under a shift, but unshifted returns of a few hundred (8 steps of a termination
+    logit of -20 are +160) overflow float32's exp to inf, the weighted mean becomes nan and
+    the argmax always 0: CartPole pushed left until it fell, 10 steps an episode."""
+
+    def __init__(self, estimator: nn.Module):
+        super().__init__()
+        self.estimator = estimator
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self.estimator(tensordict)
+        advantage = tensordict.get("advantage")  # (*batch, candidates, horizon, 1)
+        best = advantage[..., :1, :].amax(dim=-3, keepdim=True)
+        tensordict.set("advantage", advantage - best)
+        return tensordict
+
+
 def planning_env(model, cfg: AgentConfig) -> TransformedEnv:
     """The dream the planners search: `WorldFlowTorchRLEnv` on the cheap (or full) path with
     the `DreamObjective` reward."""
@@ -76,7 +96,7 @@ class PlannerAgent:
             self.planner = CEMPlanner(self.env, **common)
         else:
             value = TensorDictModule(_NoValue(), in_keys=["pixels"], out_keys=["state_value"])
-            advantage = TDLambdaEstimator(gamma=1.0, lmbda=1.0, value_network=value)
+            advantage = _ShiftedAdvantage(TDLambdaEstimator(gamma=1.0, lmbda=1.0, value_network=value))
             self.planner = MPPIPlanner(self.env, advantage, cfg.mppi_temperature, **common)
         self.discrete = hasattr(self.world.world.action_space, "n")
         self.state: TensorDictBase | None = None
