@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check worldflow envs agents benchmarks tests
 
 bench: $(STAMP)
-	for b in sampling denoise likelihood anomaly env_step; do \
+	for b in sampling denoise likelihood anomaly env_step planning; do \
 		$(PY) benchmarks/$$b.py --out benchmarks/results/$$b.json || exit 1; done
 
 clean:
