@@ -1,5 +1,5 @@
-"""Data: trajectories collected from Gymnasium environments, clips for training, and a
-pixel reader that checks CartPole frames against the true state.
+"""Data: trajectories collected from Gymnasium environments, clips for training, pixel
+readers that check frames against the true state, and a procedural captioned world.
 
 | module               | holds                                                         |
 |----------------------|---------------------------------------------------------------|
@@ -7,6 +7,8 @@ pixel reader that checks CartPole frames against the true state.
 | ``collect``          | rollouts -> TensorDict memmap dataset; ``load_dataset``       |
 | ``clips``            | ``ClipDataset``: episode-split, fixed-length windows          |
 | ``cartpole_reader``  | CartPole frames -> (cart x, pole angle)                       |
+| ``shapes``           | captioned clips of moving coloured shapes; edit pairs         |
+| ``shapes_reader``    | shapes frames -> colours, kinds, positions, directions        |
 """
 
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
