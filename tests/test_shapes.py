@@ -116,3 +116,22 @@ def test_bad_world_config_names_the_field(field, value):
 def test_reader_rejects_non_frames():
     with pytest.raises(ValueError, match="frame"):
         read_frame(np.zeros((32, 32), np.uint8))
+
+
+def test_training_clips_mix_captions_edits_and_null_prompts_deterministically():
+    from worldflow.data.shapes import ShapesClips
+
+    clips = ShapesClips(CFG, seed=3, edit_fraction=0.25, caption_dropout=0.1)
+    frames, prompts = clips.batch(range(400))
+    assert frames.shape == (400, CFG.clip_len, CFG.size, CFG.size, 3) and frames.dtype == np.uint8
+    edits = [p for p in prompts if p.startswith("make the")]
+    null = [p for p in prompts if p == ""]
+    assert 0.18 < len(edits) / 400 < 0.32 and 0.05 < len(null) / 400 < 0.15
+    again, same = ShapesClips(CFG, seed=3).batch([5, 9])
+    np.testing.assert_array_equal(again, frames[[5, 9]])
+    assert same == [prompts[5], prompts[9]]
+    for f, p in zip(frames, prompts):
+        if p and not p.startswith("make"):
+            assert caption_adherence(f, p, CFG)
+    with pytest.raises(ValueError, match="caption_dropout"):
+        ShapesClips(CFG, caption_dropout=2.0)

@@ -208,3 +208,41 @@ def edit_pair(seed: int | np.random.Generator, cfg: ShapesConfig = DEFAULT,
     edited = [replace(s, colour=new) if j == i else s for j, s in enumerate(shapes)]
     instruction = f"make the {shapes[i].colour} {shapes[i].kind} {new}"
     return simulate(shapes, cfg, n), simulate(edited, cfg, n), instruction
+
+
+class ShapesClips:
+    """An endless, seeded source of training clips for a text-conditioned model.
+
+    Item `i` depends only on `(seed, i)`: with probability `edit_fraction` an edit sample
+    (the first half of the frames a source clip, the second half the same clip edited, the
+    prompt the instruction: video-to-video), else a captioned clip (text-to-video); with
+    probability `caption_dropout` the prompt is "" (the null prompt of classifier-free
+    guidance). Items are dicts: `frames` uint8 (T, H, W, 3), `prompt` str.
+    """
+
+    def __init__(self, cfg: ShapesConfig = DEFAULT, seed: int = 0, edit_fraction: float = 0.25,
+                 caption_dropout: float = 0.1):
+        for name, value in (("edit_fraction", edit_fraction), ("caption_dropout", caption_dropout)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+        if edit_fraction and cfg.clip_len % 2:
+            raise ValueError(f"clip_len: expected an even length for edit samples, got {cfg.clip_len}")
+        self.cfg, self.seed = cfg, seed
+        self.edit_fraction, self.caption_dropout = edit_fraction, caption_dropout
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, index])
+        if rng.random() < self.edit_fraction:
+            source, target, prompt = edit_pair(rng, self.cfg, self.cfg.clip_len // 2)
+            frames = np.concatenate([source.frames, target.frames])
+        else:
+            clip = random_clip(rng, self.cfg)
+            frames, prompt = clip.frames, clip.caption
+        if rng.random() < self.caption_dropout:
+            prompt = ""
+        return {"frames": frames, "prompt": prompt}
+
+    def batch(self, indices) -> tuple[np.ndarray, list[str]]:
+        """Frames uint8 (B, T, H, W, 3) and prompts of items `indices`."""
+        items = [self[int(i)] for i in indices]
+        return np.stack([item["frames"] for item in items]), [item["prompt"] for item in items]
