@@ -36,6 +36,7 @@ from worldflow.train.config import command_line
 from worldflow.train.loop import build_model
 from worldflow.train.losses import compute_gradients, heads_losses
 from worldflow.train.optim import lr_factor
+from worldflow.train.sources import EpisodeSource
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -70,9 +71,10 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------- the step
 def test_fused_step_gives_the_specified_gradients(data):
     """One backward yields what flow loss + score_target (2nd backward) + MSE + heads give."""
-    tensordict, meta = load_dataset(data)
+    tensordict, _ = load_dataset(data)
     clips = ClipDataset(tensordict, 4)
-    model = randomize(build_model(config(data, "unused"), meta), seed=1)
+    cfg = config(data, "unused")
+    model = randomize(build_model(cfg, EpisodeSource(cfg)), seed=1)
     batch = sample_batch(clips, 3, step_generator(0, 0, 0))
     pairs = sample_pairs(tensordict, transitions(tensordict, clips.episodes), 8, 0.5,
                          step_generator(0, 0, 2))
@@ -180,10 +182,11 @@ def test_a_continuation_with_another_seed_keeps_the_held_out_episodes(data, shor
 
 
 def test_frame_size_override_must_match_the_data(data):
-    _, meta = load_dataset(data)
+    bad = config(data, "unused", model={"frame_size": [32, 32]})
     with pytest.raises(wf.ConfigError, match=r"model.frame_size.*\[16, 16\].*\[32, 32\]"):
-        build_model(config(data, "unused", model={"frame_size": [32, 32]}), meta)
-    model = build_model(config(data, "unused"), meta)
+        build_model(bad, EpisodeSource(bad))
+    cfg = config(data, "unused")
+    model = build_model(cfg, EpisodeSource(cfg))
     assert (model.config.num_actions, model.config.env_id) == (2, "CartPole-v1")
     assert model.config.task_heads and model.config.frame_size == (16, 16)
 

@@ -37,18 +37,26 @@ class ActionEmbedding(nn.Module):
 
 
 class ByteTextEncoder(nn.Module):
-    """A self-contained text encoder: UTF-8 bytes -> learned embeddings (B, S, text_dim).
+    """A self-contained text encoder: UTF-8 bytes -> embeddings (B, S, text_dim).
 
-    Needs no download; the deep block's causal attention over the prefix does the rest.
-    Byte 0 is padding (prompts are cut or padded to `length` bytes); "" is the null prompt
-    used by classifier-free guidance.
+    Needs no download. Bytes get learned embeddings and positions, then `layers`
+    bidirectional Transformer layers (torch's `TransformerEncoderLayer`, pre-norm) mix
+    them, so a word's meaning can gather in any of its bytes; with `layers=0` the deep
+    block's causal attention over the prefix does all of it. Byte 0 is padding (prompts
+    are cut or padded to `length` bytes); "" is the null prompt of classifier-free guidance.
     """
 
-    def __init__(self, text_dim: int, length: int):
+    def __init__(self, text_dim: int, length: int, layers: int = 0, head_dim: int = 32):
         super().__init__()
         self.length = length
         self.bytes = nn.Embedding(257, text_dim)
         self.position = nn.Parameter(torch.zeros(length, text_dim))
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(text_dim, max(1, text_dim // head_dim), 4 * text_dim, dropout=0.0,
+                                       batch_first=True, norm_first=True)
+            for _ in range(layers)
+        )
+        self.norm = nn.LayerNorm(text_dim) if layers else nn.Identity()
 
     def tokenize(self, prompts: list[str]) -> Tensor:
         ids = torch.zeros(len(prompts), self.length, dtype=torch.long)
@@ -59,7 +67,10 @@ class ByteTextEncoder(nn.Module):
 
     def forward(self, prompts: list[str]) -> Tensor:
         ids = self.tokenize(prompts).to(self.position.device)
-        return self.bytes(ids) + self.position
+        h = self.bytes(ids) + self.position
+        for layer in self.layers:
+            h = layer(h)
+        return self.norm(h)
 
 
 class PretrainedTextEncoder(nn.Module):

@@ -44,6 +44,7 @@ class ModelConfig:
     text_dim: int = 0  # width of text embeddings; 0: no text conditioning
     text_len: int = 0  # text tokens (prompts are padded / cut to this length)
     text_encoder: str | None = None  # None: built-in byte encoder; else a local path
+    text_layers: int = 0  # Transformer layers of the built-in byte encoder (0: embeddings only)
     num_actions: int | None = None  # discrete action space size
     action_dim: int | None = None  # continuous action vector size
     noise_std: float = 0.05  # training noise, in model units ([-1, 1] pixels)
@@ -122,6 +123,11 @@ class ModelConfig:
             raise ConfigError(
                 f"text_dim / text_len: expected both zero or both positive, got "
                 f"{self.text_dim} / {self.text_len}"
+            )
+        if self.text_layers < 0 or (self.text_layers and self.text_dim % self.head_dim):
+            raise ConfigError(
+                f"text_layers: expected >= 0, and text_dim a multiple of head_dim={self.head_dim} "
+                f"when positive, got {self.text_layers} (text_dim {self.text_dim})"
             )
         if self.max_frames < 1 or not 0 <= self.context_frames < self.max_frames:
             raise ConfigError(
@@ -222,6 +228,11 @@ PRESETS: dict[str, ModelConfig] = {
         denoiser_lookahead=1,
     ),
 }
+# The captioned shapes world's text-to-video model: the small model on 32x32 frames
+# (16 tokens a frame) with a 2-layer byte Transformer reading the prompt; ~3M parameters.
+PRESETS["shapes"] = dataclasses.replace(
+    PRESETS["small"], frame_size=(32, 32), text_dim=64, text_len=72, text_layers=2
+)
 
 
 def preset(name: str, **overrides) -> ModelConfig:

@@ -58,7 +58,9 @@ class WorldFlow(LikelihoodMixin, GenerationMixin, nn.Module):
             ActionEmbedding(cfg.deep_width, cfg.num_actions, cfg.action_dim) if cfg.has_actions else None
         )
         self.text_encoder = (
-            ByteTextEncoder(cfg.text_dim, cfg.text_len) if cfg.has_text and cfg.text_encoder is None else None
+            ByteTextEncoder(cfg.text_dim, cfg.text_len, cfg.text_layers, cfg.head_dim)
+            if cfg.has_text and cfg.text_encoder is None
+            else None
         )
         self._external_text_encoder = None  # a local pretrained encoder, loaded on first use
         self.denoiser = Denoiser(

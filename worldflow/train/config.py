@@ -15,9 +15,10 @@ PARTS = ("flow", "denoiser", "heads")  # one optimizer each
 class TrainConfig:
     """Every knob of a training run (`worldflow train key=value ...`)."""
 
-    preset: str = "tiny"  # model preset: "tiny", "small", "starflow-v-7b"
+    preset: str = "tiny"  # model preset: "tiny", "small", "shapes", "starflow-v-7b"
     model: dict = field(default_factory=dict)  # ModelConfig overrides: +model.deep_depth=2
-    data: str = "data/cartpole"  # dataset folder written by `worldflow collect`
+    data: str = "data/cartpole"  # dataset folder written by `worldflow collect`, or "shapes"
+    # (the captioned shapes world, `worldflow.data.shapes`: a text-conditioned video model)
     out: str = "runs/worldflow"  # run folder: log.csv, tb/, checkpoint/, model/
     steps: int = 2000  # total optimizer steps (a resumed run continues up to this)
     batch_size: int = 16  # global: split evenly over the ranks
@@ -45,6 +46,9 @@ class TrainConfig:
     init: str | None = None  # start from a trained model (a shipped name or a model folder)
     init_parts: list[str] = field(default_factory=lambda: list(PARTS))  # loaded from `init`
     train_parts: list[str] = field(default_factory=lambda: list(PARTS))  # the rest are frozen
+    shapes_size: int = 32  # data=shapes: frame side, pixels
+    edit_fraction: float = 0.25  # data=shapes: share of recolouring (video-to-video) samples
+    caption_dropout: float = 0.1  # data=shapes: share of null prompts (classifier-free guidance)
     heads_batch: int = 64  # global (frame, next frame) pairs a step for the task heads
     heads_terminal_fraction: float = 0.5  # of them, drawn from terminal transitions
     threads: int | None = None  # torch CPU threads; None: torch's default

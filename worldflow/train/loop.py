@@ -19,33 +19,25 @@ from tqdm import tqdm
 from ..checkpoint import load_weights, read_pretrained
 from ..codec import LOG_PIXEL_SCALE
 from ..config import preset
-from ..data import ClipDataset, load_dataset
 from ..errors import ConfigError
 from ..model import WorldFlow
-from .batches import (
-    BATCH_STREAM,
-    HEADS_STREAM,
-    first_frames,
-    sample_batch,
-    sample_pairs,
-    step_generator,
-    transitions,
-)
 from .checkpoints import gather_state, restore, save_checkpoint
 from .config import TrainConfig, check_config, command_line
 from .distributed import average_gradients, init_distributed, mean_over_ranks, shard
 from .losses import compute_gradients
 from .optim import make_optimizers, make_schedulers, part_of
-from .validation import evaluate
+from .sources import make_source
 
 
-def build_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
-    """The preset (or `cfg.init`'s config) with `cfg.model` overrides, shaped by the
-    dataset's meta (frames, actions); with `cfg.init`, its `init_parts` weights loaded."""
+def build_model(cfg: TrainConfig, source) -> WorldFlow:
+    """The preset (or `cfg.init`'s config) with `cfg.model` overrides, shaped by the data
+    (`source.model_fields()`: frames, actions, heads); with `cfg.init`, its `init_parts`
+    weights loaded."""
     if cfg.init:
-        return _init_model(cfg, meta)
+        return _init_model(cfg, source)
     overrides = dict(cfg.model)
-    size = tuple(meta["frame_size"])
+    needed = source.model_fields()
+    size = needed["frame_size"]
     if "frame_size" in overrides and tuple(overrides["frame_size"]) != size:
         raise ConfigError(
             f"model.frame_size: the dataset {cfg.data!r} has frames of {list(size)}, "
@@ -56,32 +48,24 @@ def build_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
             raise ConfigError(f"noise_std: got {cfg.noise_std} and model.noise_std="
                               f"{overrides['noise_std']}; expected one of them")
         overrides["noise_std"] = cfg.noise_std
-    overrides.update(dataset_fields(meta), task_heads=True)
-    return WorldFlow(preset(cfg.preset, **overrides))
+    config = preset(cfg.preset, **{**overrides, **needed})
+    if hasattr(source, "text_fields"):
+        config = dataclasses.replace(config, **source.text_fields(config))
+    return WorldFlow(config)
 
 
-def dataset_fields(meta: dict) -> dict:
-    """The ModelConfig fields a dataset fixes: frame size, crop, env id, action space."""
-    space, crop = meta["action_space"], meta.get("crop")
-    discrete = space["type"] == "discrete"
-    return {"frame_size": tuple(meta["frame_size"]), "crop": None if crop is None else tuple(crop),
-            "env_id": meta.get("env_id"),
-            "num_actions": int(space["n"]) if discrete else None,
-            "action_dim": None if discrete else int(np.prod(space["shape"]))}
-
-
-def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
+def _init_model(cfg: TrainConfig, source) -> WorldFlow:
     """`cfg.init`'s config with `cfg.model` overrides; weights of `cfg.init_parts` loaded."""
     path, config, tensors, info = read_pretrained(cfg.init, "init")
     config = dataclasses.replace(config, **cfg.model)
     if cfg.noise_std is not None:
         config = dataclasses.replace(config, noise_std=cfg.noise_std)
-    needed = dataset_fields(meta)
+    needed = source.model_fields()
     for name in ("frame_size", "num_actions", "action_dim"):
         if getattr(config, name) != needed[name]:
             raise ConfigError(f"init: {cfg.init!r} has {name}={getattr(config, name)}, the "
                               f"dataset {cfg.data!r} needs {needed[name]}")
-    model = WorldFlow(dataclasses.replace(config, task_heads=True))
+    model = WorldFlow(dataclasses.replace(config, task_heads=needed["task_heads"]))
     load_weights(model, tensors, path, keep=lambda key: part_of(key) in cfg.init_parts)
     model.info = {"init": {"model": str(cfg.init), **info}}
     return model
@@ -90,7 +74,7 @@ def _init_model(cfg: TrainConfig, meta: dict) -> WorldFlow:
 LOG_FIELDS = ("step", "lr", "loss", "flow_loss", "denoiser_loss", "reward_loss",
               "termination_loss", "train_bits_per_dim", "seconds_per_step", "val_bits_per_dim",
               "noise_floor_bits_per_dim", "val_excess_bits_per_dim", "val_reward_mse",
-              "val_termination_balanced_accuracy")
+              "val_termination_balanced_accuracy", "val_text_gain_bits_per_dim")
 
 
 class RunLog:
@@ -139,17 +123,10 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dict:
     check_config(cfg, world)
     out, folder = Path(cfg.out), Path(cfg.out) / "checkpoint"
-    tensordict, meta = load_dataset(cfg.data)
-    train_clips = ClipDataset(tensordict, cfg.clip_len, "train", cfg.val_fraction, cfg.split_seed)
-    val_clips = ClipDataset(tensordict, cfg.clip_len, "val", cfg.val_fraction, cfg.split_seed)
-    if not len(train_clips) or not len(val_clips):
-        raise ConfigError(f"data: expected train and val clips of {cfg.clip_len} frames in "
-                          f"{cfg.data!r}, got {len(train_clips)} and {len(val_clips)}")
-    train_pairs = transitions(tensordict, train_clips.episodes)
-    val_pairs, _ = transitions(tensordict, val_clips.episodes)
+    source = make_source(cfg)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, meta).to(device)
+    model = build_model(cfg, source).to(device)
     if cfg.fsdp:
         shard(model, world)
     optimizers = make_optimizers(model, cfg)
@@ -178,8 +155,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     def validate() -> dict:
         scored = model if average is None else average.module
         scored.eval()
-        figures = evaluate(scored, val_clips, cfg.batch_size, cfg.val_batches, cfg.split_seed,
-                           tensordict, val_pairs, rank, world)
+        figures = source.evaluate(scored, rank, world)
         if cfg.fsdp:  # FSDP2 keeps the root unsharded after a forward without backward
             model.reshard()
         model.train()
@@ -193,11 +169,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
                dynamic_ncols=True, desc="train")
     while step < cfg.steps:
         tic = time.perf_counter()
-        batch = sample_batch(train_clips, cfg.batch_size,
-                             step_generator(cfg.seed, step, BATCH_STREAM), rank, world)
-        pairs = sample_pairs(tensordict, train_pairs, cfg.heads_batch, cfg.heads_terminal_fraction,
-                             step_generator(cfg.seed, step, HEADS_STREAM), rank, world)
-        losses = compute_gradients(model, batch, sigma, pairs, tuple(optimizers))
+        batch = source.batch(step, rank, world)
+        losses = compute_gradients(model, batch, sigma, batch.pop("pairs", None), tuple(optimizers))
         if world > 1 and not cfg.fsdp:
             average_gradients([p for params in groups.values() for p in params])
         for name, optimizer in optimizers.items():
@@ -241,12 +214,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     if rank == 0:
         plain = WorldFlow(model.config)
         plain.load_state_dict(weights if average is None else average.module.state_dict())
-        plain.start_frames = first_frames(tensordict, train_clips.episodes)
+        plain.start_frames = source.start_frames()
         plain.save_pretrained(out / "model", extra={
-            "env_id": model.config.env_id,
-            "data": {"path": cfg.data, **{k: meta.get(k) for k in ("episodes", "frames", "policy")},
-                     "chunks": [{k: v for k, v in chunk.items() if k not in ("seeds", "episode_ids")}
-                                for chunk in meta.get("chunks", [])]},
+            "env_id": model.config.env_id, "data": source.record(),
             "training": {"command": command_line(cfg), "config": dataclasses.asdict(cfg),
                          "steps": step, "validation": figures, **model.info},
         })

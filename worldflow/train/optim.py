@@ -22,7 +22,8 @@ def optimizer_parts(train_parts) -> tuple[str, ...]:
 
 def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.AdamW]:
     """AdamW for each trained part (flow, denoiser, heads); weight decay on matrices only.
-    Parameters of the other parts stop requiring gradients."""
+    Parameters of the other parts stop requiring gradients; a part the model lacks (the
+    heads of a model without task heads) gets no optimizer."""
     params = {part: {"decay": [], "no_decay": []} for part in optimizer_parts(cfg.train_parts)}
     for name, p in model.named_parameters():
         trained = part_of(name) in params
@@ -33,7 +34,7 @@ def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch
     return {
         part: torch.optim.AdamW([{"params": group["decay"], "weight_decay": cfg.weight_decay},
                                  {"params": group["no_decay"], "weight_decay": 0.0}], lr=lrs[part])
-        for part, group in params.items()
+        for part, group in params.items() if group["decay"] or group["no_decay"]
     }
 
 
