@@ -195,3 +195,20 @@ def test_planning_benchmark_smoke(cartpole_dir):
         assert part["seconds_per_step"] > 0
     agree = result["cheap_vs_full"]
     assert agree["states"] == 2 and agree["agreement"] in (0.0, 0.5, 1.0)
+
+
+def test_generation_benchmark_smoke(tmp_path):
+    bench = load_script("generation")
+    model = build(seed=3, frame_size=(32, 32), patch_size=8, text_dim=16, text_len=72, max_frames=4,
+                  context_frames=2)
+    path = str(model.save_pretrained(tmp_path / "shapes"))
+    result = bench.run(bench.Args(model=path, clips=2, long_factor=5, threads=1))
+    json.dumps(result, allow_nan=False)
+    shares = [*result["text_to_video"]["guided"].values(), *result["video_to_video"].values(),
+              result["image_to_video"]["motion_as_captioned"], result["long_video"]["objects_present_4x"]]
+    assert all(0.0 <= v for v in shares)
+    assert result["long_video"]["frames"] == 20 and "objects_present_5x" in result["long_video"]
+    # a perfect model's first frame after the image differs from it by the world's motion alone
+    assert 10 < result["image_to_video"]["psnr_true_next_to_image"] < 40
+    with pytest.raises(ValueError, match="model: expected a text model"):
+        bench.run(bench.Args(model=str(build(seed=0).save_pretrained(tmp_path / "plain")), clips=1))

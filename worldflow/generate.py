@@ -1,6 +1,11 @@
 """`worldflow generate`: sample a video and write it to a file.
 
 worldflow generate model=cartpole num_frames=32 out=out.mp4 [prompt=...] [context=clip.npy]
+
+    text-to-video   model=shapes prompt="a red circle moving left" guidance=3
+    image-to-video  model=shapes context=first.png [prompt=...]
+    video-to-video  model=shapes context=source.gif prompt="make the red circle green"
+    long video      num_frames= beyond the model's max_frames (the window slides)
 """
 
 from __future__ import annotations
@@ -13,8 +18,7 @@ from typing import Optional  # OmegaConf reads typing.Optional, not `X | None`
 import numpy as np
 import torch
 
-from .errors import WorldFlowError
-from .video import write_video
+from .video import read_frames, write_video
 
 
 @dataclass
@@ -24,7 +28,9 @@ class GenerateConfig:
     out: str = "out.mp4"  # .mp4 / .gif (video) or .npy (uint8 frames (B, T, H, W, 3))
     batch_size: int = 1
     prompt: Optional[str] = None
-    context: Optional[str] = None  # .npy of uint8 frames (T, H, W, 3) or (B, T, H, W, 3)
+    # frames to continue: an image (image-to-video), a video (.mp4/.gif; with an instruction
+    # as prompt: video-to-video) or .npy of uint8 frames (T, H, W, 3) / (B, T, H, W, 3)
+    context: Optional[str] = None
     actions: list = field(default_factory=list)  # C + num_frames - 1 actions (one video)
     sampler: str = "jacobi"
     temperature: float = 1.0
@@ -41,13 +47,8 @@ def run(cfg: GenerateConfig) -> dict:
     model = WorldFlow.from_pretrained(cfg.model)
     context = None
     if cfg.context:
-        path = Path(cfg.context)
-        if path.suffix != ".npy" or not path.is_file():
-            raise WorldFlowError(
-                f"context: expected an existing .npy file of uint8 frames, got {cfg.context!r}"
-            )
-        context = torch.from_numpy(np.load(path))
-        context = context[None] if context.dim() == 4 else context
+        frames = read_frames(cfg.context, tuple(model.config.frame_size))
+        context = torch.from_numpy(frames)
     actions = None
     if cfg.actions:
         b = cfg.batch_size if context is None else context.shape[0]

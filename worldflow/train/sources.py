@@ -103,13 +103,15 @@ class ShapesSource:
         if "heads" in cfg.train_parts and len(cfg.train_parts) == 1:
             raise ConfigError(f"train_parts: data=shapes trains no task heads; expected flow or "
                               f"denoiser among them, got {list(cfg.train_parts)}")
-        self.world = ShapesConfig(size=cfg.shapes_size, clip_len=cfg.clip_len)
         try:
+            self.world = ShapesConfig(size=cfg.shapes_size, clip_len=cfg.clip_len)
             self.clips = ShapesClips(self.world, cfg.split_seed, cfg.edit_fraction, cfg.caption_dropout)
             # validation scores every prompt as given: no dropout, the same edit share
             self.val = ShapesClips(self.world, cfg.split_seed, cfg.edit_fraction, 0.0)
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
+        except ValueError as err:  # the world names its own fields: name the training config's
+            field, _, rest = str(err).partition(":")
+            field = "shapes_size" if field == "size" else field
+            raise ConfigError(f"{field}:{rest}") from err
 
     def model_fields(self) -> dict:
         size = (self.world.size, self.world.size)
