@@ -21,6 +21,7 @@ COMMANDS = {
     "collect": ("worldflow.data.collect", "CollectConfig", "run"),
     "train": ("worldflow.train", "TrainConfig", "run"),
     "generate": ("worldflow.generate", "GenerateConfig", "run"),
+    "score": ("worldflow.score", "ScoreConfig", "run"),
     "imagine": ("worldflow.agents.imagine", "ImagineConfig", "run"),
     "demo": ("worldflow.demo", "DemoConfig", "run"),
 }
