@@ -1,24 +1,32 @@
-"""Anomaly scoring by likelihood: the world model against the frame-independent baseline.
+"""Anomaly scoring: worldflow against the baselines a user would reach for, on nine kinds.
 
     python benchmarks/anomaly.py [--model cartpole] [--baseline cartpole-frame-independent] ...
 
 Held-out real CartPole episodes (seeds training never saw, played to `max_steps` with the
-`mixed` policy) give the normal frames. A frame's anomaly score is its bits/dim under
-`WorldFlow.log_prob` (clean frames, as the env's surprise), scored as the last frame of a
-clip of the model's attention window: the `window - 1` real frames and the actions before
-it are its past (a frame-independent model's window is one frame). Every `every`-th frame
-from the first full window on is also replaced, in a copy of its clip, by an anomaly:
-- `shift`: the frame rolled `shift` pixels sideways (the cart jumps),
-- `rewind`: the frame `rewind` steps earlier (the cart goes back),
-- `teleport`: the frame at the same step of the next held-out episode (another state).
-Each is a real or plausible picture on its own; only the frames before it say it is wrong.
+`mixed` policy) give the normal frames, each the last frame of a clip of the model's window
+(the `window - 1` real frames and actions before it are its past). Every `every`-th frame
+from the first full window on is also replaced, in a copy of its clip, by each kind:
+- `frozen`: the frame before it again (time stands still),
+- `skipped`: the frame `skip` steps later (time jumps ahead),
+- `mirrored`: flipped left to right,
+- `occluded`: a grey square of `occlusion` pixels over the cart's row, at a random column,
+- `inverted`: colours inverted (255 - v),
+- `blended`: half this frame, half the same step of another held-out episode,
+- `shake`: the whole picture rolled by up to `shake` pixels each way (camera shake),
+- `noise`: Gaussian sensor noise of `noise` levels std,
+- `teleport`: the same step of another held-out episode (another state, a real picture).
 
-Reported per model: the AUROC of each kind against all normal frames (scikit-learn), and,
-at the threshold that passes `pass_rate` of the normal frames with the cart near the
-track's centre (|x| < `track_end` m, the true state), the share of each kind caught and of
-the normal frames with the cart at the track's ends flagged. Few training frames lie at
-the ends (3% beyond 1.5 m); there a frame-independent flow can fail, and its alarms are
-false ones on legitimate states.
+Methods, each scoring a clip's last frame (higher: more anomalous):
+- `worldflow`: `worldflow.scoring`'s anomaly, the larger of the robust z-scores of the
+  frame's bits/dim and of its stillness (the model's temperature-0 prediction error minus
+  copy-last's), both against the normal frames (no labels are used),
+- `worldflow_bits`: the exact bits/dim alone (the env's surprise),
+- `frame_independent`: bits/dim under the frame-independent flow (`--baseline`),
+- `frame_difference`: mean squared difference to the frame before (= copy-last's error),
+- `autoencoder`: reconstruction error of a convolutional autoencoder trained for
+  `ae_seconds` on `ae_episodes` training-seed episodes.
+Reported: AUROC and AUPRC (scikit-learn) of each kind against all normal frames for every
+method, the best method per kind, and worldflow's mean and worst AUROC.
 """
 
 from __future__ import annotations
@@ -26,15 +34,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+from baselines.autoencoder import train_autoencoder
+from baselines.heuristics import frame_difference, mean_squared
+from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
 import worldflow as wf
 from worldflow.benchmarking import benchmark_main, load_baseline, machine
 from worldflow.data.collect import record_episode
+from worldflow.scoring import combine, robust_z
 
-KINDS = ("shift", "rewind", "teleport")
+KINDS = ("frozen", "skipped", "mirrored", "occluded", "inverted", "blended", "shake", "noise", "teleport")
 
 
 @dataclass
@@ -43,120 +55,180 @@ class Args:
     baseline: str = "cartpole-frame-independent"  # "" skips it
     episodes: int = 20  # held-out episodes
     seed: int = 20000  # first held-out episode seed (training used 0..299)
-    max_steps: int = 300  # as the training episodes; long runs reach the track's ends
+    max_steps: int = 300  # as the training episodes
     every: int = 10  # an anomaly of each kind at every this many frames
-    shift: int = 8  # pixels, for `shift`
-    rewind: int = 4  # steps back, for `rewind`
-    track_end: float = 1.5  # |cart x| (m) from which a normal frame counts as at the track's ends
-    pass_rate: float = 0.99  # share of the centre's normal frames under the alarm threshold
+    skip: int = 3  # steps ahead, for `skipped`
+    occlusion: int = 12  # square side in pixels, for `occluded`
+    shake: int = 3  # largest roll in pixels each way, for `shake`
+    noise: float = 24.0  # std in 8-bit levels, for `noise`
+    ae_episodes: int = 40  # training-seed episodes for the autoencoder (0: skip it)
+    ae_seconds: float = 120.0  # its wall-clock training budget
     batch: int = 32  # clips scored at once
     threads: int = 1
     out: str = ""  # e.g. benchmarks/results/anomaly.json
 
 
-def make_clips(episodes: list, args: Args, window: int, first: int) -> tuple[dict, torch.Tensor]:
-    """Per set, "normal" (every frame from step `first` on) and each kind, the clips
-    (n, window, H, W, 3) uint8 ending at those frames and their actions (n, window); and
-    the true cart x (n,) at the normal frames."""
-    sets = {name: {"frames": [], "actions": []} for name in ("normal", *KINDS)}
-    cart_x = []
+def corrupt(kind: str, frames: torch.Tensor, t: int, other: torch.Tensor, args: Args,
+            rng: np.random.Generator) -> torch.Tensor | None:
+    """Frame t of an episode's frames (T, H, W, 3) turned into `kind`, or None where the
+    episode cannot give it (no frame `skip` steps later)."""
+    frame = frames[t]
+    h, w = frame.shape[:2]
+    if kind == "frozen":
+        return frames[t - 1]
+    if kind == "skipped":
+        return frames[t + args.skip] if t + args.skip < frames.shape[0] else None
+    if kind == "mirrored":
+        return frame.flip(1)
+    if kind == "occluded":
+        s = min(args.occlusion, h, w)
+        top, left = (h - s) // 2, int(rng.integers(0, w - s + 1))
+        out = frame.clone()
+        out[top : top + s, left : left + s] = 128
+        return out
+    if kind == "inverted":
+        return 255 - frame
+    if kind == "blended":
+        return ((frame.float() + other[min(t, other.shape[0] - 1)].float()) / 2).round().to(torch.uint8)
+    if kind == "shake":
+        dy, dx = (int(v) for v in rng.integers(-args.shake, args.shake + 1, 2))
+        dx = dx or args.shake  # always some motion
+        return torch.roll(frame, (dy, dx), dims=(0, 1))
+    if kind == "noise":
+        noisy = frame.float() + args.noise * torch.from_numpy(rng.standard_normal(frame.shape)).float()
+        return noisy.clamp(0, 255).round().to(torch.uint8)
+    if kind == "teleport":
+        return other[min(t, other.shape[0] - 1)]
+    raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+
+
+def make_clips(episodes: list, args: Args, window: int, first: int) -> dict:
+    """Per set ("normal" and each kind): clips (n, window, H, W, 3) uint8, their actions
+    (n, window) and, for a kind, the index of the normal clip it was made from."""
+    sets = {name: {"frames": [], "actions": [], "base": []} for name in ("normal", *KINDS)}
+    rng = np.random.default_rng(args.seed)
     for e, ep in enumerate(episodes):
-        frames, actions, length = ep["frames"], ep["actions"], ep.shape[0]
+        frames, actions = ep["frames"], ep["actions"]
         other = episodes[(e + 1) % len(episodes)]["frames"]
-        for t in range(first, length):
+        for t in range(first, ep.shape[0]):
             clip, acts = frames[t - window + 1 : t + 1], actions[t - window + 1 : t + 1]
-            sets["normal"]["frames"].append(clip)
-            sets["normal"]["actions"].append(acts)
-            cart_x.append(float(ep["state"][t, 0]))
+            base = len(sets["normal"]["frames"])
+            for key, value in (("frames", clip), ("actions", acts), ("base", base)):
+                sets["normal"][key].append(value)
             if (t - first) % args.every:
                 continue
-            wrong = {
-                "shift": torch.roll(frames[t], args.shift, dims=1),
-                "rewind": frames[t - args.rewind],
-                "teleport": other[min(t, other.shape[0] - 1)],
-            }
-            for kind, frame in wrong.items():
+            for kind in KINDS:
+                frame = corrupt(kind, frames, t, other, args, rng)
+                if frame is None:
+                    continue
                 bad = clip.clone()
                 bad[-1] = frame
-                sets[kind]["frames"].append(bad)
-                sets[kind]["actions"].append(acts)
-    out = {name: (torch.stack(s["frames"]), torch.stack(s["actions"])) for name, s in sets.items()}
-    return out, torch.tensor(cart_x)
+                for key, value in (("frames", bad), ("actions", acts), ("base", base)):
+                    sets[kind][key].append(value)
+    return {name: {"frames": torch.stack(s["frames"]), "actions": torch.stack(s["actions"]),
+                   "base": torch.tensor(s["base"])} for name, s in sets.items() if s["frames"]}
 
 
-def score(model: wf.WorldFlow, frames: torch.Tensor, actions: torch.Tensor, batch: int, desc: str):
+@torch.no_grad()
+def last_bits(model: wf.WorldFlow, clips: dict, batch: int, desc: str) -> torch.Tensor:
     """bits/dim of each clip's last frame given the frames before it: (n,)."""
-    use_actions = model.config.has_actions
-    bits = []
+    frames, actions = clips["frames"], clips["actions"] if model.config.has_actions else None
+    out = []
     for i in tqdm(range(0, frames.shape[0], batch), desc=desc, unit="batch"):
-        acts = actions[i : i + batch] if use_actions else None
-        with torch.no_grad():
-            bits.append(model.log_prob(frames[i : i + batch], acts).bits_per_dim[:, -1])
-    return torch.cat(bits)
+        acts = None if actions is None else actions[i : i + batch]
+        out.append(model.log_prob(frames[i : i + batch], acts).bits_per_dim[:, -1])
+    return torch.cat(out)
 
 
-def evaluate(model: wf.WorldFlow, episodes: list, args: Args, first: int, name: str) -> dict:
-    window = model.config.max_frames
-    clips, cart_x = make_clips(episodes, args, window, first)
-    scores = {s: score(model, *clips[s], args.batch, f"{name}: {s}") for s in clips}
-    normal = scores["normal"]
-    ends = cart_x.abs() >= args.track_end
-    threshold = torch.quantile(normal[~ends].double(), args.pass_rate).item()
-    result = {
-        "window": window,
-        "normal_frames": int(normal.numel()),
-        "normal_frames_at_track_ends": int(ends.sum()),
-        "normal_bits_per_dim_median": round(normal.median().item(), 4),
-        "threshold_bits_per_dim": round(threshold, 4),
-        "false_alarms_at_track_ends": round((normal[ends] > threshold).double().mean().item(), 4)
-        if ends.any()
-        else None,
+@torch.no_grad()
+def predictions(model: wf.WorldFlow, clips: dict, batch: int) -> torch.Tensor:
+    """The model's temperature-0 prediction of each clip's last frame from the rest: (n, H, W, 3)."""
+    frames, actions = clips["frames"], clips["actions"] if model.config.has_actions else None
+    out = []
+    for i in tqdm(range(0, frames.shape[0], batch), desc="worldflow: predictions", unit="batch"):
+        acts = None if actions is None else actions[i : i + batch, :-1]
+        out.append(model.generate(1, context=frames[i : i + batch, :-1], actions=acts, temperature=0.0,
+                                  seed=0)[:, 0])
+    return torch.cat(out)
+
+
+def method_scores(model, baseline, autoencoder, sets: dict, args: Args) -> dict[str, dict[str, torch.Tensor]]:
+    """method -> set -> the score of each clip's last frame."""
+    bits = {name: last_bits(model, s, args.batch, f"worldflow: {name}") for name, s in sets.items()}
+    guess = predictions(model, sets["normal"], args.batch)
+    still = {name: mean_squared(s["frames"][:, -1], guess[s["base"]]) - frame_difference(s["frames"])
+             for name, s in sets.items()}
+    scores = {
+        "worldflow": {name: combine(robust_z(bits[name], bits["normal"]),
+                                    robust_z(still[name], still["normal"])) for name in sets},
+        "worldflow_bits": bits,
+        "frame_difference": {name: frame_difference(s["frames"]) for name, s in sets.items()},
     }
+    if baseline is not None:
+        scores["frame_independent"] = {name: last_bits(baseline, s, args.batch, f"frame-independent: {name}")
+                                       for name, s in sets.items()}
+    if autoencoder is not None:
+        scores["autoencoder"] = {name: autoencoder.score(s["frames"][:, -1]) for name, s in sets.items()}
+    return scores
+
+
+def evaluate(scores: dict[str, torch.Tensor]) -> dict:
+    normal = scores["normal"]
+    out = {}
     for kind in KINDS:
+        if kind not in scores:
+            continue
         bad = scores[kind]
-        labels = torch.cat([torch.zeros_like(normal), torch.ones_like(bad)])
-        result[kind] = {
-            "anomalies": int(bad.numel()),
-            "auroc": round(float(roc_auc_score(labels.numpy(), torch.cat([normal, bad]).numpy())), 4),
-            "caught": round((bad > threshold).double().mean().item(), 4),
-            "bits_per_dim_median": round(bad.median().item(), 4),
-        }
-    return result
+        labels = np.r_[np.zeros(normal.numel()), np.ones(bad.numel())]
+        values = torch.cat([normal, bad]).double().numpy()
+        out[kind] = {"auroc": round(float(roc_auc_score(labels, values)), 4),
+                     "auprc": round(float(average_precision_score(labels, values)), 4)}
+    aurocs = [v["auroc"] for v in out.values()]
+    out["mean_auroc"] = round(float(np.mean(aurocs)), 4)
+    out["min_auroc"] = round(float(np.min(aurocs)), 4)
+    return out
 
 
 def run(args: Args) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    for field in ("every", "batch", "max_steps", "shift", "rewind"):
+    for field in ("every", "batch", "max_steps", "skip", "occlusion", "shake"):
         if getattr(args, field) < 1:
             raise ValueError(f"{field}: expected a positive integer, got {getattr(args, field)}")
-    if args.episodes < 2:  # a teleported frame comes from another episode
+    if args.episodes < 2:  # blended and teleported frames come from another episode
         raise ValueError(f"episodes: expected at least 2, got {args.episodes}")
-    if not 0 < args.pass_rate < 1:
-        raise ValueError(f"pass_rate: expected a share in (0, 1), got {args.pass_rate}")
-    model = wf.WorldFlow.from_pretrained(args.model)
+    model = wf.WorldFlow.from_pretrained(args.model).eval()
     cfg = model.config
     if not (cfg.env_id or "").startswith("CartPole"):
         raise ValueError(f"model: expected a CartPole world model, got one of env_id={cfg.env_id!r}")
-    episodes = [
-        record_episode(cfg.env_id, seed=seed, max_steps=args.max_steps, frame_size=cfg.frame_size,
-                       crop=cfg.crop, policy="mixed")
-        for seed in tqdm(range(args.seed, args.seed + args.episodes), desc="held-out episodes", unit="ep")
-    ]
-    models = {"model": model}
-    if args.baseline:
-        models["baseline"] = load_baseline(args.baseline, model)
-    # the same frames for every model: from the first step with a full window for all
-    first = max(args.rewind, *(m.config.max_frames - 1 for m in models.values()))
-    results = {name: evaluate(m, episodes, args, first, name) for name, m in models.items()}
+
+    def episodes(first_seed: int, count: int, desc: str) -> list:
+        return [record_episode(cfg.env_id, seed=s, max_steps=args.max_steps, frame_size=cfg.frame_size,
+                               crop=cfg.crop, policy="mixed")
+                for s in tqdm(range(first_seed, first_seed + count), desc=desc, unit="ep")]
+
+    held_out = episodes(args.seed, args.episodes, "held-out episodes")
+    baseline = load_baseline(args.baseline, model).eval() if args.baseline else None
+    autoencoder, ae_summary = None, None
+    if args.ae_episodes:
+        train = torch.cat([ep["frames"] for ep in episodes(0, args.ae_episodes, "autoencoder episodes")])
+        autoencoder, ae_summary = train_autoencoder(train, args.ae_seconds)
+    sets = make_clips(held_out, args, cfg.max_frames, first=max(cfg.max_frames - 1, 1))
+    scores = method_scores(model, baseline, autoencoder, sets, args)
+    results = {method: evaluate(s) for method, s in scores.items()}
+    kinds = [k for k in KINDS if k in sets]
+    best = {k: max(results, key=lambda m: results[m][k]["auroc"]) for k in kinds}
     return {
         "benchmark": "anomaly",
         "model_path": args.model,
         "baseline_path": args.baseline or None,
         "seeds": [args.seed, args.seed + args.episodes - 1],
-        "max_steps": args.max_steps,
-        "frames": sum(ep.shape[0] for ep in episodes),
-        **results,
+        "normal_frames": int(sets["normal"]["frames"].shape[0]),
+        "anomalies_per_kind": {k: int(sets[k]["frames"].shape[0]) for k in kinds},
+        "methods": results,
+        "best_per_kind": best,
+        "worldflow_best_share": round(sum(best[k] == "worldflow" for k in kinds) / len(kinds), 4),
+        "autoencoder_training": ae_summary,
         "seconds": round(time.perf_counter() - t_start, 2),
         **machine(),
     }

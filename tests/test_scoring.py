@@ -11,7 +11,7 @@ from conftest import build
 import worldflow as wf
 from worldflow.cli import main
 from worldflow.data import collect
-from worldflow.scoring import MAD_TO_STD, _robust_z, combine, score_frames
+from worldflow.scoring import MAD_TO_STD, combine, robust_z, score_frames
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_prediction_and_copy_errors_line_up_with_their_frames(video):
 
 def test_robust_z_and_their_combination():
     ref = torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0])  # median 3, MAD 1
-    z = _robust_z(torch.tensor([3.0, 3.0 + MAD_TO_STD]), ref)
+    z = robust_z(torch.tensor([3.0, 3.0 + MAD_TO_STD]), ref)
     assert torch.allclose(z, torch.tensor([0.0, 1.0]))
     nan = float("nan")
     assert torch.equal(combine(torch.tensor([1.0, 2.0]), torch.tensor([nan, 5.0])), torch.tensor([1.0, 5.0]))

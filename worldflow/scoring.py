@@ -43,11 +43,11 @@ class FrameScores:
     def robust_z(self, reference: FrameScores | None = None) -> tuple[Tensor, Tensor]:
         """z-scores of bits/dim and stillness against `reference` (default: these frames)."""
         ref = self if reference is None else reference
-        return (_robust_z(self.bits_per_dim, ref.bits_per_dim),
-                _robust_z(self.stillness, ref.stillness))
+        return (robust_z(self.bits_per_dim, ref.bits_per_dim),
+                robust_z(self.stillness, ref.stillness))
 
 
-def _robust_z(x: Tensor, ref: Tensor) -> Tensor:
+def robust_z(x: Tensor, ref: Tensor) -> Tensor:
     ref = ref[torch.isfinite(ref)]
     if ref.numel() == 0:
         return torch.full_like(x, float("nan"))
