@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import build
 
+import worldflow as wf
 from worldflow.data.collect import record_episode
 from worldflow.data.preprocess import CARTPOLE_CROP
 
@@ -244,3 +245,51 @@ def test_generation_benchmark_smoke(tmp_path):
     assert 10 < result["image_to_video"]["psnr_true_next_to_image"] < 40
     with pytest.raises(ValueError, match="model: expected a text model"):
         bench.run(bench.Args(model=str(build(seed=0).save_pretrained(tmp_path / "plain")), clips=1))
+
+
+def test_consistency_benchmark_smoke(cartpole_dir):
+    bench = load_script("consistency")
+    args = bench.Args(model=cartpole_dir, episodes=2, max_steps=30, context=2, horizon=4,
+                      starts_per_episode=2, summary_horizons=3, rssm_episodes=2, rssm_seconds=1.0,
+                      dream_frames=12, batch=4, threads=torch.get_num_threads())
+    result = bench.run(args)
+    json.dumps(result, allow_nan=False)
+    assert result["rollouts"] == 4 and set(result["methods"]) == {"worldflow", "rssm", "copy_last"}
+    for method in result["methods"].values():
+        assert len(method["psnr_db"]) == len(method["ssim"]) == len(method["cart_px"]) == 4
+    # copy-last scored independently: the last context frame against each real next frame
+    episodes = bench.held_out(wf.WorldFlow.from_pretrained(cartpole_dir).config, args)
+    data = bench.starts(episodes, args)
+    last = data["context"][:, -1].float() / 255
+    for k in range(4):
+        truth = data["truth"][:, k].float() / 255
+        psnr = 10 * torch.log10(1 / (last - truth).pow(2).mean())
+        assert abs(result["methods"]["copy_last"]["psnr_db"][k] - float(psnr)) < 1e-3
+    assert set(result["summary"]) == {f"{q}_beats_{m}_1_to_3" for q in ("cart_px", "pole_deg")
+                                      for m in ("rssm", "copy_last")}
+    dream = result["dream"]
+    assert dream["frames"] == 12 and 0 <= dream["longest_still_run"] <= 11
+    assert 0 <= dream["mean_intensity_in_real_range"] <= 1
+
+
+def test_rssm_learns_its_training_clips():
+    sys.path.insert(0, str(BENCHMARKS))
+    from baselines.rssm import RSSM
+
+    torch.manual_seed(0)
+    episodes = [record_episode("CartPole-v1", seed=s, max_steps=20, frame_size=(16, 48), crop=CARTPOLE_CROP)
+                for s in (0, 1)]
+    frames = torch.stack([ep["frames"][:8] for ep in episodes])
+    actions = torch.stack([ep["actions"][:8] for ep in episodes])
+    model = RSSM(2, (16, 48), state_dim=8, hidden=32, channels=8)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = model.loss(frames, actions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    pred = model.predict(frames[:, :3], actions, 5)
+    assert pred.shape == (2, 5, 16, 48, 3) and pred.dtype == torch.uint8

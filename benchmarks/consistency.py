@@ -1,0 +1,203 @@
+"""Long-horizon consistency: open-loop rollouts against a recurrent world model and copy-last.
+
+    python benchmarks/consistency.py [--model cartpole] [--horizon 64] [--rssm_seconds 600] ...
+
+From `context` real frames of held-out CartPole episodes (seeds training never saw, the
+`mixed` policy, long enough for the horizon), each method predicts the next `horizon`
+frames open loop under the real actions: worldflow at temperature 0, a Dreamer-style RSSM
+(`baselines/rssm.py`, TorchRL's modules, trained for `rssm_seconds` on `rssm_episodes`
+training-seed episodes) from its posterior, and copy-last. Per horizon: the state read back
+from the pixels by the CartPole reader against the true state (cart position in model
+pixels, pole angle in degrees; NaN reads are left out and counted), PSNR (of the mean
+squared error over rollouts) and SSIM (torchmetrics) to the real frames.
+
+Then one `dream_frames`-frame dream from a real start under random actions (p = 1/2 each):
+its cart position and mean intensity per frame against the range of the real held-out
+frames, and the longest run of frames that do not change (a frozen dream).
+Prints one JSON line; `--out` also writes it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from baselines.heuristics import copy_last
+from baselines.rssm import train_rssm
+from torchmetrics.functional.image import structural_similarity_index_measure
+from tqdm import tqdm
+
+import worldflow as wf
+from worldflow.benchmarking import benchmark_main, machine
+from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
+from worldflow.data.collect import record_episode
+from worldflow.data.preprocess import default_preprocessing
+
+
+@dataclass
+class Args:
+    model: str = "cartpole"
+    episodes: int = 12  # held-out episodes with at least context + horizon frames
+    seed: int = 30000  # first held-out seed tried (training used 0..299)
+    max_steps: int = 300
+    context: int = 4
+    horizon: int = 64
+    starts_per_episode: int = 3
+    summary_horizons: int = 16  # "beats at every horizon 1..this"
+    rssm_episodes: int = 60  # training-seed episodes for the RSSM (0: skip it)
+    rssm_seconds: float = 600.0
+    dream_frames: int = 1000
+    still_threshold: float = 0.5  # mean squared pixel change under which a frame "did not change"
+    batch: int = 16
+    threads: int = 2
+    out: str = ""
+
+
+def held_out(cfg, args: Args) -> list:
+    need, found = args.context + args.horizon, []
+    for seed in tqdm(range(args.seed, args.seed + 50 * args.episodes), desc="held-out episodes", unit="ep"):
+        ep = record_episode(cfg.env_id, seed=seed, max_steps=args.max_steps, frame_size=cfg.frame_size,
+                            crop=cfg.crop, policy="mixed")
+        if ep.shape[0] >= need:
+            found.append(ep)
+        if len(found) == args.episodes:
+            return found
+    raise ValueError(f"episodes: expected {args.episodes} held-out episodes of {need} frames, "
+                     f"found {len(found)}")
+
+
+def starts(episodes: list, args: Args) -> dict:
+    """context (n, C, H, W, 3), actions (n, C + horizon - 1), truth frames (n, horizon, ...)
+    and true states (n, horizon, S)."""
+    need, out = args.context + args.horizon, {"context": [], "actions": [], "truth": [], "state": []}
+    for ep in episodes:
+        for s in np.linspace(0, ep.shape[0] - need, args.starts_per_episode).round().astype(int):
+            c = s + args.context
+            out["context"].append(ep["frames"][s:c])
+            out["actions"].append(ep["actions"][s : c + args.horizon - 1])
+            out["truth"].append(ep["frames"][c : c + args.horizon])
+            out["state"].append(ep["state"][c : c + args.horizon])
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+def per_horizon(pred: torch.Tensor, data: dict, geometry) -> dict:
+    """State-reader errors, PSNR and SSIM per horizon of predicted frames (n, horizon, ...)."""
+    size, crop, px_per_m = geometry
+    x, theta = read_cartpole_state(pred, size, crop)
+    x_err = (x - data["state"][..., 0]).abs() * px_per_m
+    theta_err = torch.rad2deg((theta - data["state"][..., 2]).abs())
+    n, h = pred.shape[:2]
+    p = pred.permute(0, 1, 4, 2, 3).float() / 255
+    t = data["truth"].permute(0, 1, 4, 2, 3).float() / 255
+    mse = (p - t).pow(2).mean(dim=(0, 2, 3, 4))  # over rollouts and pixels, per horizon
+    psnr = [None if m == 0 else round(float(10 * torch.log10(1 / m)), 3) for m in mse]
+    ssim = [round(float(structural_similarity_index_measure(p[:, k], t[:, k], data_range=1.0)), 4)
+            for k in range(h)]
+    return {"cart_px": _nanmean(x_err), "pole_deg": _nanmean(theta_err), "psnr_db": psnr, "ssim": ssim,
+            "nan_reads": int(x_err.isnan().sum() + theta_err.isnan().sum())}
+
+
+def _nanmean(err: torch.Tensor) -> list:
+    return [None if np.isnan(v) else round(float(v), 4) for v in err.nanmean(dim=0).tolist()]
+
+
+def dream_statistics(model, episodes: list, args: Args, geometry) -> dict:
+    """A long dream's cart position and mean intensity against the real frames' range."""
+    real = torch.cat([ep["frames"] for ep in episodes])
+    real_x, _ = read_cartpole_state(real, geometry[0], geometry[1])
+    real_mean = real.float().mean(dim=(1, 2, 3))
+    gen = torch.Generator().manual_seed(0)
+    acts = torch.randint(0, 2, (1, args.context + args.dream_frames - 1), generator=gen)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        video = model.generate(args.dream_frames, context=episodes[0]["frames"][None, : args.context],
+                               actions=acts, temperature=0.0, seed=0)[0]
+    seconds = time.perf_counter() - t0
+    x, _ = read_cartpole_state(video, geometry[0], geometry[1])
+    mean = video.float().mean(dim=(1, 2, 3))
+    lo_x, hi_x = np.nanmin(real_x.numpy()), np.nanmax(real_x.numpy())
+    in_x = ((x >= lo_x) & (x <= hi_x)).float().mean().item()
+    in_mean = ((mean >= real_mean.min()) & (mean <= real_mean.max())).float().mean().item()
+    change = (video[1:].float() - video[:-1].float()).pow(2).mean(dim=(1, 2, 3))
+    still = (change < args.still_threshold).tolist()
+    longest = run = 0
+    for s in still:
+        run = run + 1 if s else 0
+        longest = max(longest, run)
+    return {
+        "frames": args.dream_frames,
+        "cart_x_in_real_range": round(in_x, 4),
+        "cart_x_unread": round(x.isnan().float().mean().item(), 4),
+        "mean_intensity_in_real_range": round(in_mean, 4),
+        "cart_x_range_dream": [_round(np.nanmin(x.numpy())), _round(np.nanmax(x.numpy()))],
+        "cart_x_range_real": [_round(lo_x), _round(hi_x)],
+        "longest_still_run": longest,
+        "ms_per_frame": round(1000 * seconds / args.dream_frames, 1),
+    }
+
+
+def _round(v) -> float | None:
+    return None if np.isnan(v) else round(float(v), 3)
+
+
+def run(args: Args) -> dict:
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    for field in ("episodes", "context", "horizon", "starts_per_episode", "dream_frames", "batch"):
+        if getattr(args, field) < 1:
+            raise ValueError(f"{field}: expected a positive integer, got {getattr(args, field)}")
+    model = wf.WorldFlow.from_pretrained(args.model).eval()
+    cfg = model.config
+    if not (cfg.env_id or "").startswith("CartPole"):
+        raise ValueError(f"model: expected a CartPole world model, got one of env_id={cfg.env_id!r}")
+    crop = cfg.crop if cfg.crop is not None else default_preprocessing(cfg.env_id)[1]
+    geometry = (tuple(cfg.frame_size), crop, cartpole_pixels_per_unit(cfg.frame_size, crop))
+    episodes = held_out(cfg, args)
+    data = starts(episodes, args)
+
+    predictions, seconds = {}, {}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        parts = [model.generate(args.horizon, context=data["context"][i : i + args.batch],
+                                actions=data["actions"][i : i + args.batch], temperature=0.0, seed=0)
+                 for i in tqdm(range(0, len(data["context"]), args.batch), desc="worldflow rollouts")]
+    predictions["worldflow"], seconds["worldflow"] = torch.cat(parts), time.perf_counter() - t0
+    rssm_summary = None
+    if args.rssm_episodes:
+        train = [record_episode(cfg.env_id, seed=s, max_steps=args.max_steps, frame_size=cfg.frame_size,
+                                crop=cfg.crop, policy="mixed")
+                 for s in tqdm(range(args.rssm_episodes), desc="rssm episodes", unit="ep")]
+        rssm, rssm_summary = train_rssm(train, cfg.num_actions, cfg.frame_size, args.rssm_seconds)
+        t0 = time.perf_counter()
+        predictions["rssm"] = rssm.predict(data["context"], data["actions"], args.horizon)
+        seconds["rssm"] = time.perf_counter() - t0
+    predictions["copy_last"] = copy_last(data["context"], args.horizon)
+    results = {name: per_horizon(pred, data, geometry) for name, pred in predictions.items()}
+
+    k = min(args.summary_horizons, args.horizon)
+    beats = {}
+    for other in (m for m in results if m != "worldflow"):
+        for q in ("cart_px", "pole_deg"):
+            ours, theirs = results["worldflow"][q][:k], results[other][q][:k]
+            beats[f"{q}_beats_{other}_1_to_{k}"] = all(
+                a is not None and b is not None and a < b for a, b in zip(ours, theirs))
+    return {
+        "benchmark": "consistency",
+        "model": args.model,
+        "rollouts": int(data["context"].shape[0]),
+        "context": args.context,
+        "horizon": args.horizon,
+        "methods": results,
+        "summary": beats,
+        "rollout_seconds": {m: round(s, 2) for m, s in seconds.items()},
+        "rssm_training": rssm_summary,
+        "dream": dream_statistics(model, episodes, args, geometry),
+        "seconds": round(time.perf_counter() - t_start, 1),
+        **machine(),
+    }
+
+
+if __name__ == "__main__":
+    benchmark_main(Args, run, __doc__)
