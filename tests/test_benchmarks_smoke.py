@@ -293,3 +293,28 @@ def test_rssm_learns_its_training_clips():
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     pred = model.predict(frames[:, :3], actions, 5)
     assert pred.shape == (2, 5, 16, 48, 3) and pred.dtype == torch.uint8
+
+
+def test_bench_report_tables_every_method_and_kind(cartpole_dir, tmp_path, capsys):
+    from worldflow.cli import main
+
+    results = tmp_path / "results"
+    results.mkdir()
+    anomaly = load_script("anomaly").run(load_script("anomaly").Args(
+        model=cartpole_dir, baseline="", episodes=2, max_steps=16, every=4, ae_episodes=0, batch=8))
+    consistency = load_script("consistency").run(load_script("consistency").Args(
+        model=cartpole_dir, episodes=1, max_steps=30, context=2, horizon=3, starts_per_episode=1,
+        rssm_episodes=0, dream_frames=4))
+    for name, result in (("anomaly", anomaly), ("consistency", consistency), ("sampling", {"ms": 1.0})):
+        (results / f"{name}.json").write_text(json.dumps(result))
+    assert main(["bench", "report_only=true", f"results={results}"]) == 0
+    report = (results / "REPORT.md").read_text()
+    for kind in load_script("anomaly").KINDS:
+        row = next(line for line in report.splitlines() if line.startswith(f"| {kind} |"))
+        assert row.count("/") == 3  # worldflow, worldflow_bits, frame_difference: AUROC / AUPRC each
+    assert "| copy_last |" in report and "| worldflow |" in report and '"ms": 1.0' in report
+    assert all((results / f).stat().st_size > 0 for f in ("anomaly_auroc.png", "consistency.png"))
+    assert main(["bench", "only=[nope]", f"results={results}"]) == 2
+    assert "only" in capsys.readouterr().err
+    assert main(["bench", "only=[sampling]", f"scripts={tmp_path}", f"results={results}"]) == 2
+    assert "scripts" in capsys.readouterr().err

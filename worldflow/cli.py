@@ -22,6 +22,7 @@ COMMANDS = {
     "train": ("worldflow.train", "TrainConfig", "run"),
     "generate": ("worldflow.generate", "GenerateConfig", "run"),
     "score": ("worldflow.score", "ScoreConfig", "run"),
+    "bench": ("worldflow.bench", "BenchConfig", "run"),
     "imagine": ("worldflow.agents.imagine", "ImagineConfig", "run"),
     "demo": ("worldflow.demo", "DemoConfig", "run"),
 }
