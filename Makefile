@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow lint bench clean
+.PHONY: venv demo test test-slow lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check worldflow envs agents benchmarks tests
 
 bench: $(STAMP)
-	for b in sampling denoise likelihood anomaly env_step planning; do \
-		$(PY) benchmarks/$$b.py --out benchmarks/results/$$b.json || exit 1; done
+	$(VENV)/bin/worldflow bench
+
+bench-quick: $(STAMP)
+	$(VENV)/bin/worldflow bench quick=true
 
 clean:
 	rm -rf $(VENV) build *.egg-info

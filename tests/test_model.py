@@ -148,6 +148,11 @@ def test_text_model_prompts_and_guidance():
     assert a.shape == (2, 2, 16, 16, 3) and not torch.equal(a, b)
     with pytest.raises(wf.WorldFlowError, match="prompt"):
         build(seed=0).log_prob(a, prompt="text")
+    for bad in (5, {"text": "a cart"}, ["a cart"], ["a cart", 3]):  # unknown types, wrong count
+        with pytest.raises(wf.WorldFlowError, match="^prompt: expected a string"):
+            model.generate(1, prompt=bad, batch_size=2)
+    again = model.generate(2, prompt="a cart", batch_size=2, seed=0, guidance=1.5)
+    assert torch.equal(again, a)  # the model is still usable
 
 
 def test_save_and_load_roundtrip(tiny, tmp_path):

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import socket
 from dataclasses import replace
 
 import pytest
@@ -71,7 +72,18 @@ def test_shapes_settings_are_checked():
         ShapesSource(config(model={"frame_size": [16, 16]})).model_fields()
 
 
-def test_a_short_run_learns_and_writes_a_text_model_that_generates(tmp_path, capsys):
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to reach the network fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def test_a_short_run_learns_and_writes_a_text_model_that_generates(tmp_path, capsys, offline):
+    """The whole text path (captions, byte encoder, training, guided generation) offline."""
     out = tmp_path / "run"
     argv = ["train", "data=shapes", "preset=tiny", f"out={out}", "steps=12", "batch_size=4", "clip_len=4",
             "warmup_steps=2", "val_every=12", "val_batches=2", "lr=3e-3", "progress=false", "threads=1",

@@ -148,6 +148,9 @@ class WorldFlow(LikelihoodMixin, GenerationMixin, nn.Module):
             if not prompt.is_floating_point():
                 raise WorldFlowError(f"prompt: expected a float tensor, got dtype {prompt.dtype}")
             return prompt.to(self.device, self.dtype)
+        if not isinstance(prompt, (str, list, tuple)):
+            raise WorldFlowError(f"prompt: expected a string, {batch} strings or a float tensor, got "
+                                 f"{type(prompt).__name__}")
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
         if len(prompts) != batch or not all(isinstance(p, str) for p in prompts):
             raise WorldFlowError(f"prompt: expected a string or {batch} strings, got {prompt!r}")
