@@ -108,10 +108,11 @@ def _anomaly(result: dict, results: Path) -> list[str]:
         cells = []
         for m in methods:
             cell = f"{methods[m][kind]['auroc']:.3f} / {methods[m][kind]['auprc']:.3f}"
-            cells.append(f"**{cell}**" if result["best_per_kind"][kind] == m else cell)
+            cells.append(f"**{cell}**" if m in result["best_per_kind"][kind] else cell)
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines.append("| mean AUROC | " + " | ".join(f"{methods[m]['mean_auroc']:.3f}" for m in methods) + " |")
-    lines += ["", f"worldflow is best on {result['worldflow_best_share']:.0%} of the kinds.", "",
+    lines += ["", f"worldflow is among the best on {result['worldflow_best_share']:.0%} of the kinds, "
+              f"alone best on {result['worldflow_alone_best_share']:.0%}.", "",
               "![AUROC per kind](anomaly_auroc.png)", ""]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.6))
