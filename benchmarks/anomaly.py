@@ -43,7 +43,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
 import worldflow as wf
-from worldflow.benchmarking import benchmark_main, load_baseline, machine
+from worldflow.benchmarking import benchmark_main, check_positive, load_baseline, load_cartpole_model, machine
 from worldflow.data.collect import record_episode
 from worldflow.scoring import combine, robust_z
 
@@ -194,15 +194,11 @@ def evaluate(scores: dict[str, torch.Tensor]) -> dict:
 def run(args: Args) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    for field in ("every", "batch", "max_steps", "skip", "occlusion", "shake"):
-        if getattr(args, field) < 1:
-            raise ValueError(f"{field}: expected a positive integer, got {getattr(args, field)}")
+    check_positive(args, "every", "batch", "max_steps", "skip", "occlusion", "shake")
     if args.episodes < 2:  # blended and teleported frames come from another episode
         raise ValueError(f"episodes: expected at least 2, got {args.episodes}")
-    model = wf.WorldFlow.from_pretrained(args.model).eval()
+    model = load_cartpole_model(args.model)
     cfg = model.config
-    if not (cfg.env_id or "").startswith("CartPole"):
-        raise ValueError(f"model: expected a CartPole world model, got one of env_id={cfg.env_id!r}")
 
     def episodes(first_seed: int, count: int, desc: str) -> list:
         return [record_episode(cfg.env_id, seed=s, max_steps=args.max_steps, frame_size=cfg.frame_size,

@@ -29,8 +29,7 @@ from baselines.rssm import train_rssm
 from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
-import worldflow as wf
-from worldflow.benchmarking import benchmark_main, machine
+from worldflow.benchmarking import benchmark_main, check_positive, load_cartpole_model, machine
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
 from worldflow.data.collect import record_episode
 from worldflow.data.preprocess import default_preprocessing
@@ -145,13 +144,9 @@ def _round(v) -> float | None:
 def run(args: Args) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    for field in ("episodes", "context", "horizon", "starts_per_episode", "dream_frames", "batch"):
-        if getattr(args, field) < 1:
-            raise ValueError(f"{field}: expected a positive integer, got {getattr(args, field)}")
-    model = wf.WorldFlow.from_pretrained(args.model).eval()
+    check_positive(args, "episodes", "context", "horizon", "starts_per_episode", "dream_frames", "batch")
+    model = load_cartpole_model(args.model)
     cfg = model.config
-    if not (cfg.env_id or "").startswith("CartPole"):
-        raise ValueError(f"model: expected a CartPole world model, got one of env_id={cfg.env_id!r}")
     crop = cfg.crop if cfg.crop is not None else default_preprocessing(cfg.env_id)[1]
     geometry = (tuple(cfg.frame_size), crop, cartpole_pixels_per_unit(cfg.frame_size, crop))
     episodes = held_out(cfg, args)

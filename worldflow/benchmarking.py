@@ -54,3 +54,19 @@ def machine() -> dict:
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
     }
+
+
+def check_positive(args, *fields: str) -> None:
+    """A clear error for the first of `fields` of `args` below 1."""
+    for field in fields:
+        if getattr(args, field) < 1:
+            raise ValueError(f"{field}: expected a positive integer, got {getattr(args, field)}")
+
+
+def load_cartpole_model(name: str) -> WorldFlow:
+    """A CartPole world model, in eval mode, or a clear error naming `model`."""
+    model = WorldFlow.from_pretrained(name).eval()
+    env_id = model.config.env_id or ""
+    if not env_id.startswith("CartPole"):
+        raise ValueError(f"model: expected a CartPole world model, got one of env_id={model.config.env_id!r}")
+    return model
