@@ -318,3 +318,18 @@ def test_bench_report_tables_every_method_and_kind(cartpole_dir, tmp_path, capsy
     assert "only" in capsys.readouterr().err
     assert main(["bench", "only=[sampling]", f"scripts={tmp_path}", f"results={results}"]) == 2
     assert "scripts" in capsys.readouterr().err
+
+
+def test_bench_skips_a_benchmark_whose_model_is_not_shipped(tmp_path, monkeypatch, capsys):
+    import worldflow.bench as bench
+    from worldflow.cli import main
+
+    monkeypatch.setattr(bench, "ASSETS", tmp_path / "assets")  # no shapes model there
+    monkeypatch.setattr(bench, "QUICK", {"generation": bench.QUICK["generation"]})
+    results = tmp_path / "results"
+    out = bench.run(bench.BenchConfig(scripts=str(BENCHMARKS), results=str(results)))
+    assert out["ran"] == [] and "shapes" in out["skipped"]["generation"]
+    assert "Skipped `generation.py`: no shipped 'shapes' model" in (results / "REPORT.md").read_text()
+    assert main(["bench", "only=[generation]", f"scripts={BENCHMARKS}", f"results={results}"]) == 2
+    err = capsys.readouterr().err
+    assert "only" in err and "'shapes' model" in err

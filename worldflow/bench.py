@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import ASSETS
 from .errors import WorldFlowError
 
 # every benchmark, in the order `make bench` runs them, and its quick settings
@@ -32,6 +33,11 @@ QUICK = {
     "generation": ["--clips", "8"],
 }
 CONSISTENCY_HORIZONS = (1, 2, 4, 8, 16, 32, 64)
+# benchmarks of a model that is not shipped: skipped (with the reason in REPORT.md) unless
+# worldflow/assets holds it; `only=[NAME]` asks for one and fails without it
+NEEDS_MODEL = {"generation": ("shapes", "worldflow train data=shapes preset=shapes out=runs/shapes "
+                                        "(see docs/models.md), then python benchmarks/generation.py "
+                                        "--model runs/shapes/model")}
 
 
 @dataclass
@@ -53,8 +59,16 @@ def run(cfg: BenchConfig) -> dict:
         raise WorldFlowError(f"scripts: expected the benchmark scripts in {str(scripts)!r} "
                              f"(run from a checkout of the repository), got none there")
     results.mkdir(parents=True, exist_ok=True)
+    skipped = {}
+    for name in [n for n in names if n in NEEDS_MODEL and not (ASSETS / NEEDS_MODEL[n][0]).is_dir()]:
+        model, how = NEEDS_MODEL[name]
+        if cfg.only:
+            raise WorldFlowError(f"only: benchmark {name!r} needs the {model!r} model, which is not in "
+                                 f"{ASSETS}; train one: {how}")
+        skipped[name] = f"no shipped {model!r} model; train one: {how}"
+        print(f"[bench] {name}: skipped ({skipped[name]})", file=sys.stderr, flush=True)
     seconds = {}
-    for name in [] if cfg.report_only else names:
+    for name in [] if cfg.report_only else [n for n in names if n not in skipped]:
         t0 = time.perf_counter()
         print(f"[bench] {name}", file=sys.stderr, flush=True)
         command = [sys.executable, str(scripts / f"{name}.py"), "--out", str(results / f"{name}.json")]
@@ -62,17 +76,20 @@ def run(cfg: BenchConfig) -> dict:
         if done.returncode:
             raise WorldFlowError(f"only: benchmark {name!r} failed with exit status {done.returncode}")
         seconds[name] = round(time.perf_counter() - t0, 1)
-    report = write_report(results, quick=cfg.quick)
-    return {"command": "bench", "ran": list(seconds), "seconds": seconds, "report": str(report)}
+    report = write_report(results, quick=cfg.quick, skipped=skipped)
+    return {"command": "bench", "ran": list(seconds), "skipped": skipped, "seconds": seconds,
+            "report": str(report)}
 
 
-def write_report(results: Path, quick: bool = False) -> Path:
+def write_report(results: Path, quick: bool = False, skipped: dict | None = None) -> Path:
     """REPORT.md (and plots) from the benchmark JSON files in `results`."""
     found = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
     how = " (quick settings: few episodes, short budgets)" if quick else ""
     lines = ["# Benchmark report", "",
              f"Written by `worldflow bench`{how} from the JSON lines in this folder; each script's "
              "docstring says what it measures.", ""]
+    for name, why in (skipped or {}).items():
+        lines += [f"Skipped `{name}.py`: {why}.", ""]
     if "anomaly" in found:
         lines += _anomaly(found["anomaly"], results)
     if "consistency" in found:
