@@ -126,7 +126,7 @@ class GenerationMixin:
         `guidance > 0` the unconditional branch uses `null_prompt` (default: the prompt "").
         """
         if context is not None:
-            context = self._check_frames(context, "context")
+            context = self.check_frames(context, "context")
             batch_size = context.shape[0]
         text = self.encode_prompt(prompt, batch_size)
         if guidance > 0:
@@ -298,7 +298,7 @@ class GenerationMixin:
         if not isinstance(num_frames, int) or num_frames < 1:
             raise WorldFlowError(f"num_frames: expected a positive int, got {num_frames!r}")
         gen = generator_from(seed, self.device)
-        n_ctx = 0 if context is None else self._check_frames(context, "context").shape[1]
+        n_ctx = 0 if context is None else self.check_frames(context, "context").shape[1]
         b = batch_size if context is None else context.shape[0]
         total = n_ctx + num_frames
         actions = self.check_actions(actions, b, total)

@@ -146,7 +146,7 @@ class LikelihoodMixin:
         0.5 log2(2 pi e (127.5 sigma)^2) bits/dim — report the two together.
         `per_dim=True` also returns each pixel's and channel's share (`LogProb.dim_bits`).
         """
-        frames = self._check_frames(frames, "frames")
+        frames = self.check_frames(frames, "frames")
         x = frames_to_model(frames).to(self.device, self.dtype)
         if noise:
             gen = generator_from(seed, self.device)

@@ -243,7 +243,8 @@ class WorldFlow(LikelihoodMixin, GenerationMixin, nn.Module):
 
         return preprocess_frames(raw, self.config.frame_size, self.config.crop)
 
-    def _check_frames(self, frames, name: str) -> Tensor:
+    def check_frames(self, frames, name: str = "frames") -> Tensor:
+        """uint8 frames (B, T, H, W, 3) at the model's size, as a tensor; else a field-named error."""
         cfg = self.config
         if cfg.codec != "patch":
             raise WorldFlowError(

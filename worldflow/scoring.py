@@ -69,7 +69,7 @@ def score_frames(model, frames, actions=None, prompt=None, *, batch: int = 64,
     ((B, T) or (B, T - 1), `actions[:, t]` taken after frame t), `prompt` a str or B strs.
     `sampler` decodes the predictions (Jacobi stops when a whole batch has converged, so
     its predictions move within its tolerance with the batch; "sequential" does not)."""
-    frames = model._check_frames(frames, "frames").cpu()
+    frames = model.check_frames(frames, "frames").cpu()
     b, t = frames.shape[:2]
     if actions is not None:
         actions = model.check_actions(actions, b, t).cpu()
