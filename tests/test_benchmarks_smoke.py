@@ -333,3 +333,16 @@ def test_bench_skips_a_benchmark_whose_model_is_not_shipped(tmp_path, monkeypatc
     assert main(["bench", "only=[generation]", f"scripts={BENCHMARKS}", f"results={results}"]) == 2
     err = capsys.readouterr().err
     assert "only" in err and "'shapes' model" in err
+
+
+def test_autoencoder_reconstructs_better_than_the_mean_frame():
+    """The baseline must learn frames, not their average (a tanh output once kept it above it)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from baselines.autoencoder import train_autoencoder
+
+    frames = torch.cat([record_episode("CartPole-v1", seed=s, max_steps=60, frame_size=(16, 48),
+                                       crop=CARTPOLE_CROP)["frames"] for s in (0, 1, 2)])
+    model, summary = train_autoencoder(frames, seconds=8.0)
+    mean_frame = (frames.float() - frames.float().mean(0)).pow(2).mean()
+    assert summary["steps"] > 50
+    assert model.score(frames).mean() < 0.9 * mean_frame

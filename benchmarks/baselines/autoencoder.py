@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 
 class ConvAutoencoder(nn.Module):
-    """uint8 frames (n, H, W, 3) -> reconstructions in [-1, 1] (n, 3, H, W); H, W multiples of 8."""
+    """uint8 frames (n, H, W, 3) -> reconstructions (n, 3, H, W), pixels as [-1, 1]; H, W multiples of 8."""
 
     def __init__(self, width: int = 32, latent: int = 16):
         super().__init__()
@@ -28,8 +28,8 @@ class ConvAutoencoder(nn.Module):
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(latent, 2 * w, 4, 2, 1), nn.SiLU(),
             nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.SiLU(),
-            nn.ConvTranspose2d(w, 3, 4, 2, 1), nn.Tanh(),
-        )
+            nn.ConvTranspose2d(w, 3, 4, 2, 1),  # linear: with a tanh here training stalled above
+        )                                        # the mean frame's error (white is tanh's +1)
 
     @staticmethod
     def to_input(frames: Tensor) -> Tensor:
