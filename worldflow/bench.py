@@ -33,8 +33,8 @@ QUICK = {
     "generation": ["--clips", "8"],
 }
 CONSISTENCY_HORIZONS = (1, 2, 4, 8, 16, 32, 64)
-# benchmarks of a model that is not shipped: skipped (with the reason in REPORT.md) unless
-# worldflow/assets holds it; `only=[NAME]` asks for one and fails without it
+# benchmarks that need a model in worldflow/assets (name, how to make it): without it a full
+# run skips them (the reason goes in REPORT.md) and `only=[NAME]` is an error
 NEEDS_MODEL = {"generation": ("shapes", "worldflow train data=shapes preset=shapes out=runs/shapes "
                                         "(see docs/models.md), then python benchmarks/generation.py "
                                         "--model runs/shapes/model")}

@@ -28,8 +28,10 @@ class ConvAutoencoder(nn.Module):
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(latent, 2 * w, 4, 2, 1), nn.SiLU(),
             nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.SiLU(),
-            nn.ConvTranspose2d(w, 3, 4, 2, 1),  # linear: with a tanh here training stalled above
-        )                                        # the mean frame's error (white is tanh's +1)
+            # a linear output: behind a tanh, training stalled above the mean frame's error
+            # (CartPole's white background is tanh's asymptote +1)
+            nn.ConvTranspose2d(w, 3, 4, 2, 1),
+        )
 
     @staticmethod
     def to_input(frames: Tensor) -> Tensor:
