@@ -51,8 +51,10 @@ class ConvAutoencoder(nn.Module):
 
 
 def train_autoencoder(frames: Tensor, seconds: float, batch: int = 64, lr: float = 2e-3,
-                      seed: int = 0) -> tuple[ConvAutoencoder, dict]:
-    """Train on uint8 frames (N, H, W, 3) for `seconds` of wall clock; returns it and a summary."""
+                      seed: int = 0, max_steps: int | None = None) -> tuple[ConvAutoencoder, dict]:
+    """Train on uint8 frames (N, H, W, 3) for `seconds` of wall clock, or `max_steps` steps if
+    that comes first (a fixed amount of training, whatever the machine's load); returns it and
+    a summary."""
     h, w = frames.shape[1:3]
     if h % 8 or w % 8:
         raise ValueError(f"frames: expected sides divisible by 8, got {h}x{w}")
@@ -61,8 +63,8 @@ def train_autoencoder(frames: Tensor, seconds: float, batch: int = 64, lr: float
     model = ConvAutoencoder()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     start, steps, loss = time.perf_counter(), 0, torch.tensor(float("nan"))
-    with tqdm(desc="autoencoder", unit="step", total=None) as bar:
-        while time.perf_counter() - start < seconds:
+    with tqdm(desc="autoencoder", unit="step", total=max_steps) as bar:
+        while time.perf_counter() - start < seconds and (max_steps is None or steps < max_steps):
             x = frames[torch.randint(frames.shape[0], (batch,), generator=gen)]
             loss = (model(x) - model.to_input(x)).pow(2).mean()
             opt.zero_grad()
