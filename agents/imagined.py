@@ -109,6 +109,39 @@ def start_moments(model, cfg: ImaginationConfig) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
+def dream_rollouts(
+    model, act, starts: tuple[torch.Tensor, torch.Tensor], repeat: int, steps: int,
+    agent: AgentConfig, seed: int = 0, progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batched dreams from the real `starts` moments (`start_moments`), each `repeat` times
+    (batch row r * len(starts) + i is start i's r-th copy), `steps` imagined steps, on the
+    planners' dream (`planning_env`). `act(features (B, 4)) -> (B,) int actions` chooses.
+
+    Returns float32 `features` (B, steps, 4) of the state each action was taken in,
+    float64 `rewards` (B, steps) under the planners' objective, and bool `alive` (B, steps):
+    the step was taken before the learned termination head fired (its reward counts)."""
+    env = planning_env(model, agent)
+    frames, actions = starts
+    b, n = len(frames) * repeat, env.action_spec.shape[-1]
+    one_hot = torch.nn.functional.one_hot(actions, n).float()[:, None]  # (s, 1, n)
+    td = env.begin(frames.repeat(repeat, 1, 1, 1, 1), one_hot.repeat(repeat, 1, 1), seed=seed)
+    previous = frames[:, 0].repeat(repeat, 1, 1, 1).numpy()
+    features = np.zeros((b, steps, 4), dtype=np.float32)
+    rewards, alive = np.zeros((b, steps)), np.zeros((b, steps), dtype=bool)
+    living = np.ones(b, dtype=bool)
+    for t in tqdm(range(steps), desc="dream rollouts", disable=not progress, leave=False):
+        pixels = td.get("pixels").numpy()
+        features[:, t] = cartpole_features(previous, pixels)
+        td.set("action", torch.nn.functional.one_hot(torch.from_numpy(act(features[:, t])), n).float())
+        nxt = env.step(td).get("next")
+        rewards[:, t], alive[:, t] = nxt.get("reward").squeeze(-1).numpy(), living
+        living = living & ~nxt.get("terminated").squeeze(-1).numpy()
+        previous, td = pixels, nxt.exclude("reward", "done", "terminated", "truncated")
+        if not living.any():
+            break
+    return features, rewards, alive
+
+
 def dream_returns(
     model, policies: np.ndarray, biases: np.ndarray, cfg: ImaginationConfig, agent: AgentConfig,
     starts: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -116,28 +149,15 @@ def dream_returns(
     """Mean imagined return of each policy (P,) from the real `starts` moments
     (`start_moments`; the same for every policy: common random numbers): the planners'
     objective (`DreamObjective`) summed until the learned termination head fires."""
-    env = planning_env(model, agent)
-    frames, actions = starts if starts is not None else start_moments(model, cfg)
-    p, s = len(biases), len(frames)
-    n = env.action_spec.shape[-1]
-    one_hot = torch.nn.functional.one_hot(actions, n).float()[:, None]  # (s, 1, n)
-    td = env.begin(frames.repeat(p, 1, 1, 1, 1), one_hot.repeat(p, 1, 1), seed=cfg.seed)  # policy-major
-    w = np.repeat(policies, s, axis=0)
-    b = np.repeat(biases, s)
-    previous = frames[:, 0].repeat(p, 1, 1, 1).numpy()
-    alive = np.ones(p * s, dtype=bool)
-    returns = np.zeros(p * s)
-    for _ in range(cfg.steps):
-        pixels = td.get("pixels").numpy()
-        act = ((cartpole_features(previous, pixels) * w).sum(-1) + b > 0).astype(np.int64)
-        td.set("action", torch.nn.functional.one_hot(torch.from_numpy(act), n).float())
-        nxt = env.step(td).get("next")
-        returns += alive * nxt.get("reward").squeeze(-1).numpy()
-        alive &= ~nxt.get("terminated").squeeze(-1).numpy()
-        previous, td = pixels, nxt.exclude("reward", "done", "terminated", "truncated")
-        if not alive.any():
-            break
-    return returns.reshape(p, s).mean(1)
+    starts = starts if starts is not None else start_moments(model, cfg)
+    s = len(starts[0])
+    w, b = np.repeat(policies, s, axis=0), np.repeat(biases, s)  # policy-major rows
+
+    def act(features: np.ndarray) -> np.ndarray:
+        return ((features * w).sum(-1) + b > 0).astype(np.int64)
+
+    _, rewards, alive = dream_rollouts(model, act, starts, len(biases), cfg.steps, agent, cfg.seed)
+    return (rewards * alive).sum(1).reshape(len(biases), s).mean(1)
 
 
 def train_policy(model, cfg: ImaginationConfig | None = None, agent: AgentConfig | None = None,

@@ -175,3 +175,24 @@ def test_policy_trained_in_the_dream_alone_balances_in_the_real_env():
     real = np.mean([play(agent, model, seed=s, max_steps=200, progress=False).ret for s in seeds])
     baseline = np.mean([play(random, model, seed=s, max_steps=200, progress=False).ret for s in seeds])
     assert real > 2 * baseline, (real, baseline)
+
+
+def test_dream_rollouts_start_from_the_real_moments_and_stop_counting_at_termination():
+    from worldflow.agents.imagined import ImaginationConfig, cartpole_features, dream_rollouts, start_moments
+
+    model = wf.WorldFlow.from_pretrained("cartpole")
+    starts = start_moments(model, ImaginationConfig(starts=3, seed=1))
+    chosen = []
+
+    def act(features):
+        chosen.append(features.copy())
+        return np.arange(len(features)) % 2  # rows alternate left and right pushes
+
+    features, rewards, alive = dream_rollouts(model, act, starts, repeat=2, steps=4,
+                                              agent=AgentConfig(agent="policy"))
+    assert features.shape == (6, 4, 4) and rewards.shape == alive.shape == (6, 4)
+    real = cartpole_features(starts[0][:, 0].numpy(), starts[0][:, 1].numpy())
+    np.testing.assert_array_equal(features[:, 0], np.concatenate([real, real]))  # row r * 3 + i: start i
+    np.testing.assert_array_equal(chosen[0], features[:, 0])
+    assert alive[:, 0].all() and (np.diff(alive.astype(int), axis=1) <= 0).all()  # once ended, stays ended
+    assert np.isfinite(rewards).all()
