@@ -111,7 +111,7 @@ def start_moments(model, cfg: ImaginationConfig) -> tuple[torch.Tensor, torch.Te
 @torch.no_grad()
 def dream_rollouts(
     model, act, starts: tuple[torch.Tensor, torch.Tensor], repeat: int, steps: int,
-    agent: AgentConfig, seed: int = 0, progress: bool = False,
+    agent: AgentConfig, seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batched dreams from the real `starts` moments (`start_moments`), each `repeat` times
     (batch row r * len(starts) + i is start i's r-th copy), `steps` imagined steps, on the
@@ -129,7 +129,7 @@ def dream_rollouts(
     features = np.zeros((b, steps, 4), dtype=np.float32)
     rewards, alive = np.zeros((b, steps)), np.zeros((b, steps), dtype=bool)
     living = np.ones(b, dtype=bool)
-    for t in tqdm(range(steps), desc="dream rollouts", disable=not progress, leave=False):
+    for t in range(steps):
         pixels = td.get("pixels").numpy()
         features[:, t] = cartpole_features(previous, pixels)
         td.set("action", torch.nn.functional.one_hot(torch.from_numpy(act(features[:, t])), n).float())
