@@ -38,10 +38,11 @@ FPS = 50  # CartPole-v1 steps 0.02 s
 SCALE = np.array([2.4, 0.21, 1.0, 1.0], dtype=np.float32)  # termination bounds; velocities in /s
 
 
-def cartpole_features(previous: np.ndarray, frame: np.ndarray) -> np.ndarray:
-    """(..., H, W, 3) uint8 twice -> (..., 4) float32: x, theta, dx/dt, dtheta/dt, scaled; 0 where unread."""
-    x0, t0 = read_cartpole_state(np.ascontiguousarray(previous))
-    x1, t1 = read_cartpole_state(np.ascontiguousarray(frame))
+def cartpole_features(previous: np.ndarray, frame: np.ndarray, *geometry) -> np.ndarray:
+    """(..., H, W, 3) uint8 twice -> (..., 4) float32: x, theta, dx/dt, dtheta/dt, scaled; 0 where unread.
+    `geometry`: the frame size and crop, if not the shipped model's (`read_cartpole_state`)."""
+    x0, t0 = read_cartpole_state(np.ascontiguousarray(previous), *geometry)
+    x1, t1 = read_cartpole_state(np.ascontiguousarray(frame), *geometry)
     f = np.stack([x1, t1, (x1 - x0) * FPS, (t1 - t0) * FPS], axis=-1) / SCALE
     return np.nan_to_num(f, nan=0.0).astype(np.float32)
 

@@ -11,9 +11,15 @@ from the pixels by the CartPole reader against the true state (cart position in 
 pixels, pole angle in degrees; NaN reads are left out and counted), PSNR (of the mean
 squared error over rollouts) and SSIM (torchmetrics) to the real frames.
 
-Then one `dream_frames`-frame dream from a real start under random actions (p = 1/2 each):
-its cart position and mean intensity per frame against the range of the real held-out
-frames, and the longest run of frames that do not change (a frozen dream).
+Then two `dream_frames`-frame dreams from a real start: one under random actions (p = 1/2
+each), one closed loop under the shipped policy learned in the dream (`policy.json` beside
+the model: it reads each imagined frame and chooses the next action, as an agent rolling
+out its imagination does). For each, its cart position and mean intensity per frame
+against the range of the real held-out frames, and the longest run of frames that do not
+change (a frozen dream). A real pole under random actions falls within about 20 steps
+and the episode ends; the random dream runs on into states no real episode reaches, so
+only the policy's dream has a real range to stay in (the real policy keeps the pole up
+for 500 steps).
 Prints one JSON line; `--out` also writes it.
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +36,10 @@ from baselines.rssm import train_rssm
 from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
+from worldflow.agents.episodes import POLICY_FILE
+from worldflow.agents.imagined import LinearPolicy, cartpole_features
 from worldflow.benchmarking import benchmark_main, check_positive, load_cartpole_model, machine
+from worldflow.codec import model_to_frames
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
 from worldflow.data.collect import record_episode
 from worldflow.data.preprocess import default_preprocessing
@@ -102,23 +112,41 @@ def _nanmean(err: torch.Tensor) -> list:
     return [None if np.isnan(v) else round(float(v), 4) for v in err.nanmean(dim=0).tolist()]
 
 
-def dream_statistics(model, episodes: list, args: Args, geometry) -> dict:
+@torch.no_grad()
+def random_dream(model, context: torch.Tensor, frames: int) -> torch.Tensor:
+    """`frames` new frames (T, H, W, 3) after uint8 `context` (C, H, W, 3) under random actions."""
+    gen = torch.Generator().manual_seed(0)
+    acts = torch.randint(0, 2, (1, context.shape[0] + frames - 1), generator=gen)
+    return model.generate(frames, context=context[None], actions=acts, temperature=0.0, seed=0)[0]
+
+
+@torch.no_grad()
+def policy_dream(model, context: torch.Tensor, context_actions: torch.Tensor, frames: int,
+                 policy: LinearPolicy, geometry) -> torch.Tensor:
+    """`frames` new frames after `context`, each action chosen by `policy` from the two frames before it."""
+    state = model.start(1, context[None], context_actions[None, : context.shape[0] - 1], seed=0)
+    previous, frame, video = context[-2].numpy(), context[-1].numpy(), []
+    for _ in tqdm(range(frames), desc="policy dream", unit="frame", leave=False):
+        action = torch.from_numpy(policy.act(cartpole_features(previous, frame, *geometry[:2]))[None])
+        x, _ = model.step(state, action, temperature=0.0)
+        previous, frame = frame, model_to_frames(x[:, None])[0, 0].numpy()
+        video.append(frame)
+    return torch.from_numpy(np.stack(video))
+
+
+def dream_statistics(video: torch.Tensor, seconds: float, episodes: list, args: Args, geometry) -> dict:
     """A long dream's cart position and mean intensity against the real frames' range."""
     real = torch.cat([ep["frames"] for ep in episodes])
-    real_x, _ = read_cartpole_state(real, geometry[0], geometry[1])
+    real_x, real_theta = read_cartpole_state(real, geometry[0], geometry[1])
     real_mean = real.float().mean(dim=(1, 2, 3))
-    gen = torch.Generator().manual_seed(0)
-    acts = torch.randint(0, 2, (1, args.context + args.dream_frames - 1), generator=gen)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        video = model.generate(args.dream_frames, context=episodes[0]["frames"][None, : args.context],
-                               actions=acts, temperature=0.0, seed=0)[0]
-    seconds = time.perf_counter() - t0
-    x, _ = read_cartpole_state(video, geometry[0], geometry[1])
+    x, theta = read_cartpole_state(video, geometry[0], geometry[1])
     mean = video.float().mean(dim=(1, 2, 3))
     lo_x, hi_x = np.nanmin(real_x.numpy()), np.nanmax(real_x.numpy())
     in_x = ((x >= lo_x) & (x <= hi_x)).float().mean().item()
     in_mean = ((mean >= real_mean.min()) & (mean <= real_mean.max())).float().mean().item()
+    outside = torch.maximum(real_mean.min() - mean, mean - real_mean.max()).clamp_min(0)
+    lo_t, hi_t = np.nanmin(real_theta.numpy()), np.nanmax(real_theta.numpy())
+    in_theta = ((theta >= lo_t) & (theta <= hi_t)).float().mean().item()
     change = (video[1:].float() - video[:-1].float()).pow(2).mean(dim=(1, 2, 3))
     still = (change < args.still_threshold).tolist()
     longest = run = 0
@@ -130,6 +158,12 @@ def dream_statistics(model, episodes: list, args: Args, geometry) -> dict:
         "cart_x_in_real_range": round(in_x, 4),
         "cart_x_unread": round(x.isnan().float().mean().item(), 4),
         "mean_intensity_in_real_range": round(in_mean, 4),
+        "mean_intensity_furthest_outside": round(outside.max().item(), 4),  # 8-bit levels
+        "mean_intensity_range_real": [round(real_mean.min().item(), 3), round(real_mean.max().item(), 3)],
+        "pole_angle_in_real_range": round(in_theta, 4),
+        "pole_deg_range_dream": [_round(np.degrees(np.nanmin(theta.numpy()))),
+                                 _round(np.degrees(np.nanmax(theta.numpy())))],
+        "pole_deg_range_real": [_round(np.degrees(lo_t)), _round(np.degrees(hi_t))],
         "cart_x_range_dream": [_round(np.nanmin(x.numpy())), _round(np.nanmax(x.numpy()))],
         "cart_x_range_real": [_round(lo_x), _round(hi_x)],
         "longest_still_run": longest,
@@ -171,6 +205,19 @@ def run(args: Args) -> dict:
     predictions["copy_last"] = copy_last(data["context"], args.horizon)
     results = {name: per_horizon(pred, data, geometry) for name, pred in predictions.items()}
 
+    context, context_actions = episodes[0]["frames"][: args.context], episodes[0]["actions"][: args.context]
+    policy = Path(getattr(model, "source_dir", None) or ".") / POLICY_FILE
+    makers = {"random": lambda: random_dream(model, context, args.dream_frames),
+              "policy": lambda: policy_dream(model, context, context_actions, args.dream_frames,
+                                             LinearPolicy.load(policy), geometry)}
+    dreams = dict.fromkeys(makers)  # the policy's stays None for a model without one
+    for name, make in makers.items():
+        if name == "policy" and not policy.exists():
+            continue
+        t0 = time.perf_counter()
+        video = make()
+        dreams[name] = dream_statistics(video, time.perf_counter() - t0, episodes, args, geometry)
+
     k = min(args.summary_horizons, args.horizon)
     beats = {}
     for other in (m for m in results if m != "worldflow"):
@@ -188,7 +235,8 @@ def run(args: Args) -> dict:
         "summary": beats,
         "rollout_seconds": {m: round(s, 2) for m, s in seconds.items()},
         "rssm_training": rssm_summary,
-        "dream": dream_statistics(model, episodes, args, geometry),
+        "dream": dreams["random"],
+        "dream_policy": dreams["policy"],
         "seconds": round(time.perf_counter() - t_start, 1),
         **machine(),
     }

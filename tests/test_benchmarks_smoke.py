@@ -168,17 +168,22 @@ def test_anomaly_benchmark_smoke(cartpole_dir):
                             "autoencoder"}
     assert methods["frame_independent"] == methods["worldflow_bits"]  # the same model, the same frames
     first = 7  # the tiny model's window is 8 frames
-    lengths = [  # the same episodes, played here
+    episodes = [  # the same episodes, played here
         record_episode("CartPole-v1", seed=s, max_steps=20, frame_size=(16, 48), crop=CARTPOLE_CROP,
-                       policy="mixed").shape[0]
+                       policy="mixed")["frames"]
         for s in (args.seed, args.seed + 1)
     ]
-    steps = [(t, n) for n in lengths for t in range(first, n)]
+    steps = [(t, f) for f in episodes for t in range(first, len(f))]
     assert result["normal_frames"] == len(steps)
-    marked = [(t, n) for t, n in steps if (t - first) % args.every == 0]
-    counts = result["anomalies_per_kind"]
-    assert counts["skipped"] == sum(t + args.skip < n for t, n in marked)
-    assert all(counts[k] == len(marked) for k in bench.KINDS if k != "skipped")
+    marked = [(t, f) for t, f in steps if (t - first) % args.every == 0]
+    counts, left_out = result["anomalies_per_kind"], result["identical_left_out"]
+    # a frozen or skipped frame equal to the real one is no anomaly: left out, counted
+    same = {"frozen": sum(torch.equal(f[t - 1], f[t]) for t, f in marked),
+            "skipped": sum(t + args.skip < len(f) and torch.equal(f[t + args.skip], f[t]) for t, f in marked)}
+    assert left_out == {k: n for k, n in same.items() if n}
+    assert counts["skipped"] == sum(t + args.skip < len(f) for t, f in marked) - same["skipped"]
+    assert counts["frozen"] == len(marked) - same["frozen"]
+    assert all(counts[k] == len(marked) for k in bench.KINDS if k not in same)
     for method in methods.values():
         assert all(0 <= method[k]["auroc"] <= 1 and 0 <= method[k]["auprc"] <= 1 for k in counts)
     # a frozen frame differs from the one before by nothing: the least anomalous to frame difference
@@ -248,7 +253,10 @@ def test_generation_benchmark_smoke(tmp_path):
 
 
 def test_consistency_benchmark_smoke(cartpole_dir):
+    from worldflow.agents.imagined import LinearPolicy
+
     bench = load_script("consistency")
+    LinearPolicy([0.0, 1.0, 0.0, 0.5], 0.0).save(Path(cartpole_dir) / "policy.json")  # for the closed loop
     args = bench.Args(model=cartpole_dir, episodes=2, max_steps=30, context=2, horizon=4,
                       starts_per_episode=2, summary_horizons=3, rssm_episodes=2, rssm_seconds=1.0,
                       dream_frames=12, batch=4, threads=torch.get_num_threads())
@@ -267,9 +275,10 @@ def test_consistency_benchmark_smoke(cartpole_dir):
         assert abs(result["methods"]["copy_last"]["psnr_db"][k] - float(psnr)) < 1e-3
     assert set(result["summary"]) == {f"{q}_beats_{m}_1_to_3" for q in ("cart_px", "pole_deg")
                                       for m in ("rssm", "copy_last")}
-    dream = result["dream"]
-    assert dream["frames"] == 12 and 0 <= dream["longest_still_run"] <= 11
-    assert 0 <= dream["mean_intensity_in_real_range"] <= 1
+    for dream in (result["dream"], result["dream_policy"]):
+        assert dream["frames"] == 12 and 0 <= dream["longest_still_run"] <= 11
+        assert 0 <= dream["mean_intensity_in_real_range"] <= 1 and 0 <= dream["pole_angle_in_real_range"] <= 1
+        assert (dream["mean_intensity_furthest_outside"] == 0) == (dream["mean_intensity_in_real_range"] == 1)
 
 
 def test_rssm_learns_its_training_clips():

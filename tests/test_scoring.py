@@ -11,7 +11,7 @@ from conftest import build
 import worldflow as wf
 from worldflow.cli import main
 from worldflow.data import collect
-from worldflow.scoring import MAD_TO_STD, combine, robust_z, score_frames
+from worldflow.scoring import FLOOR, MAD_TO_STD, FrameScores, combine, robust_z, score_frames
 
 
 @pytest.fixture
@@ -40,7 +40,8 @@ def test_prediction_and_copy_errors_line_up_with_their_frames(video):
     frames[:, 9] = frames[:, 8]  # frozen time at frame 9
     scores = score_frames(model, frames, actions, batch=5, sampler="sequential")
     assert scores.copy_error[:, 9].eq(0).all() and scores.copy_error[:, 1:9].gt(0).all()
-    torch.testing.assert_close(scores.stillness, scores.prediction_error - scores.copy_error, equal_nan=True)
+    ratio = (scores.prediction_error + FLOOR) / (scores.copy_error + FLOOR)
+    torch.testing.assert_close(scores.stillness, ratio.log(), equal_nan=True)
     assert scores.prediction_error[:, 0].isnan().all() and scores.prediction_error[:, 1:].isfinite().all()
     for e in (2, 9):  # a short history and a full window
         lo = max(0, e - model.config.max_frames + 1)
@@ -57,7 +58,26 @@ def test_robust_z_and_their_combination():
     z = robust_z(torch.tensor([3.0, 3.0 + MAD_TO_STD]), ref)
     assert torch.allclose(z, torch.tensor([0.0, 1.0]))
     nan = float("nan")
-    assert torch.equal(combine(torch.tensor([1.0, 2.0]), torch.tensor([nan, 5.0])), torch.tensor([1.0, 5.0]))
+    bits, miss = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([nan, 5.0, -1.0])
+    still = torch.tensor([nan, 4.0, 0.5])
+    assert torch.equal(combine(bits, miss, still), torch.tensor([1.0, 5.0, 0.5]))
+
+
+def test_a_frame_that_stands_still_where_motion_was_expected_is_the_anomaly():
+    """Normal frames move as predicted (small prediction error, copy error about the motion);
+    a frozen one has copy error 0 and the whole predicted motion as its prediction error; a
+    jumped one is far from the prediction. Both stand out."""
+    gen = torch.Generator().manual_seed(0)
+    motion = 4.0 + torch.rand(50, generator=gen)  # each normal frame's squared change
+    pred = 0.2 + 0.1 * torch.rand(50, generator=gen)
+    bits = 5.0 + 0.01 * torch.randn(50, generator=gen)
+    normal = FrameScores.of(bits, pred, motion)
+    odd = FrameScores.of(torch.full((2,), 5.0), torch.tensor([4.5, 40.0]), torch.tensor([0.0, 45.0]),
+                         reference=normal)
+    assert torch.allclose(odd.stillness[0], torch.log(torch.tensor((4.5 + FLOOR) / FLOOR)))
+    assert (odd.anomaly > normal.anomaly.max()).all()
+    z_still = robust_z(odd.stillness, normal.stillness)
+    assert z_still[0] > 3 and odd.anomaly[0] >= z_still[0]  # frozen: still where motion was due
 
 
 def test_bad_input_names_the_argument(video):

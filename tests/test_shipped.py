@@ -78,7 +78,7 @@ def test_only_the_world_model_tells_anomalies_that_look_like_real_frames():
     auroc = {method: {k: v["auroc"] for k, v in r.items() if isinstance(v, dict)}
              for method, r in result["methods"].items()}
     world, frame_alone = auroc["worldflow"], auroc["frame_independent"]
-    assert min(result["anomalies_per_kind"].values()) >= 10
+    assert min(result["anomalies_per_kind"].values()) >= 8
     for kind in ("skipped", "mirrored", "teleport"):
         assert world[kind] > frame_alone[kind] + 0.2, kind
     assert world["teleport"] > 0.95 and world["mirrored"] > 0.95

@@ -164,11 +164,17 @@ def _consistency(result: dict, results: Path) -> list[str]:
                  f"{fmt(r['psnr_db'][h - 1], 1)}" for h in shown]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Summary: " + ", ".join(f"{k} {v}" for k, v in result["summary"].items()) + ".", ""]
-    d = result["dream"]
-    lines += [f"A {d['frames']}-frame dream under random actions: cart position within the real range "
-              f"in {d['cart_x_in_real_range']:.1%} of frames (unread {d['cart_x_unread']:.1%}), mean "
-              f"intensity in range in {d['mean_intensity_in_real_range']:.1%}, longest run of unchanged "
-              f"frames {d['longest_still_run']}.", "", "![errors per horizon](consistency.png)", ""]
+    for key, actions in (("dream", "random actions"), ("dream_policy", "the policy learned in the dream")):
+        d = result.get(key)
+        if d is None:
+            continue
+        pole = d.get("pole_angle_in_real_range")
+        lines += [f"A {d['frames']}-frame dream under {actions}: cart position within the real range "
+                  f"in {d['cart_x_in_real_range']:.1%} of frames (unread {d['cart_x_unread']:.1%}), mean "
+                  f"intensity in range in {d['mean_intensity_in_real_range']:.1%}"
+                  + ("" if pole is None else f", pole angle in range in {pole:.1%}")
+                  + f", longest run of unchanged frames {d['longest_still_run']}.", ""]
+    lines += ["![errors per horizon](consistency.png)", ""]
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for ax, (key, label) in zip(axes, (("cart_px", "cart error (px)"), ("pole_deg", "pole error (deg)"),

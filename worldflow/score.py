@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import WorldFlowError
-from .scoring import FrameScores, combine, score_frames
+from .scoring import FrameScores, score_frames
 
 COLUMNS = ("bits_per_dim", "prediction_error", "copy_error", "stillness", "anomaly")
 PANELS = 6  # episodes drawn in the plot at most
@@ -84,7 +84,7 @@ def run(cfg: ScoreConfig) -> dict:
     # one reference for all: z-scores against every scored frame, not each video's own
     whole = FrameScores(*(torch.cat([getattr(s, c) for s in per_video], dim=1) for c in COLUMNS))
     for s in per_video:
-        s.anomaly = combine(*s.robust_z(whole))
+        s.anomaly = s.anomaly_against(whole)
     rows = [(i, t, *(float(getattr(s, c)[0, t]) for c in COLUMNS))
             for i, s in zip(ids, per_video) for t in range(s.bits_per_dim.shape[1])]
     out = Path(cfg.out)
@@ -127,8 +127,8 @@ def plot(path: Path, ids: list[int], scores: list[FrameScores], top: list[tuple]
             ax.annotate(str(m), (m, anomaly[m]), textcoords="offset points", xytext=(3, 3), fontsize=7)
         ax.set_ylabel(f"video {i}\nanomaly (z)", fontsize=8)
     axes[-1, 0].set_xlabel("frame")
-    fig.suptitle("per-frame anomaly: max of robust z(bits/dim) and z(stillness); red: most anomalous",
-                 fontsize=9)
+    fig.suptitle("per-frame anomaly: max of robust z(log prediction error) and z(stillness); "
+                 "red: most anomalous", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
