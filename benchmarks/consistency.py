@@ -58,6 +58,7 @@ class Args:
     rssm_episodes: int = 60  # training-seed episodes for the RSSM (0: skip it)
     rssm_seconds: float = 600.0
     dream_frames: int = 1000
+    denoise: bool = True  # the learned denoiser after each worldflow frame (generation's default)
     still_threshold: float = 0.5  # mean squared pixel change under which a frame "did not change"
     batch: int = 16
     threads: int = 2
@@ -113,22 +114,23 @@ def _nanmean(err: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def random_dream(model, context: torch.Tensor, frames: int) -> torch.Tensor:
+def random_dream(model, context: torch.Tensor, frames: int, denoise: bool = True) -> torch.Tensor:
     """`frames` new frames (T, H, W, 3) after uint8 `context` (C, H, W, 3) under random actions."""
     gen = torch.Generator().manual_seed(0)
     acts = torch.randint(0, 2, (1, context.shape[0] + frames - 1), generator=gen)
-    return model.generate(frames, context=context[None], actions=acts, temperature=0.0, seed=0)[0]
+    return model.generate(frames, context=context[None], actions=acts, temperature=0.0, seed=0,
+                          denoise=denoise)[0]
 
 
 @torch.no_grad()
 def policy_dream(model, context: torch.Tensor, context_actions: torch.Tensor, frames: int,
-                 policy: LinearPolicy, geometry) -> torch.Tensor:
+                 policy: LinearPolicy, geometry, denoise: bool = True) -> torch.Tensor:
     """`frames` new frames after `context`, each action chosen by `policy` from the two frames before it."""
     state = model.start(1, context[None], context_actions[None, : context.shape[0] - 1], seed=0)
     previous, frame, video = context[-2].numpy(), context[-1].numpy(), []
     for _ in tqdm(range(frames), desc="policy dream", unit="frame", leave=False):
         action = torch.from_numpy(policy.act(cartpole_features(previous, frame, *geometry[:2]))[None])
-        x, _ = model.step(state, action, temperature=0.0)
+        x, _ = model.step(state, action, temperature=0.0, denoise=denoise)
         previous, frame = frame, model_to_frames(x[:, None])[0, 0].numpy()
         video.append(frame)
     return torch.from_numpy(np.stack(video))
@@ -190,7 +192,8 @@ def run(args: Args) -> dict:
     t0 = time.perf_counter()
     with torch.no_grad():
         parts = [model.generate(args.horizon, context=data["context"][i : i + args.batch],
-                                actions=data["actions"][i : i + args.batch], temperature=0.0, seed=0)
+                                actions=data["actions"][i : i + args.batch], temperature=0.0, seed=0,
+                                denoise=args.denoise)
                  for i in tqdm(range(0, len(data["context"]), args.batch), desc="worldflow rollouts")]
     predictions["worldflow"], seconds["worldflow"] = torch.cat(parts), time.perf_counter() - t0
     rssm_summary = None
@@ -207,9 +210,9 @@ def run(args: Args) -> dict:
 
     context, context_actions = episodes[0]["frames"][: args.context], episodes[0]["actions"][: args.context]
     policy = Path(getattr(model, "source_dir", None) or ".") / POLICY_FILE
-    makers = {"random": lambda: random_dream(model, context, args.dream_frames),
+    makers = {"random": lambda: random_dream(model, context, args.dream_frames, args.denoise),
               "policy": lambda: policy_dream(model, context, context_actions, args.dream_frames,
-                                             LinearPolicy.load(policy), geometry)}
+                                             LinearPolicy.load(policy), geometry, args.denoise)}
     dreams = dict.fromkeys(makers)  # the policy's stays None for a model without one
     for name, make in makers.items():
         if name == "policy" and not policy.exists():

@@ -357,3 +357,25 @@ def test_autoencoder_reconstructs_better_than_the_mean_frame():
     mean_frame = (frames.float() - frames.float().mean(0)).pow(2).mean()
     assert summary["steps"] == steps
     assert model.score(frames).mean() < 0.9 * mean_frame
+
+
+def test_benchmark_flags_read_true_and_false(monkeypatch, capsys):
+    from dataclasses import dataclass
+
+    from worldflow.benchmarking import benchmark_main
+
+    @dataclass
+    class Args:
+        denoise: bool = True
+        clips: int = 2
+
+    def parsed(*argv):
+        monkeypatch.setattr(sys, "argv", ["bench", *argv])
+        return benchmark_main(Args, lambda a: {"denoise": a.denoise, "clips": a.clips}, "A test.")
+
+    assert parsed() == {"denoise": True, "clips": 2}
+    assert parsed("--denoise", "false", "--clips", "3") == {"denoise": False, "clips": 3}
+    assert parsed("--denoise", "True") == {"denoise": True, "clips": 2}
+    with pytest.raises(SystemExit):
+        parsed("--denoise", "maybe")
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err

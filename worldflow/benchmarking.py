@@ -23,7 +23,8 @@ def benchmark_main(args_type: type, run: Callable[[object], dict], doc: str | No
     with `--out PATH`, write it there too (e.g. benchmarks/results/NAME.json)."""
     parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
     for name, default in asdict(args_type()).items():
-        parser.add_argument(f"--{name}", type=type(default), default=default)
+        kind = _flag if isinstance(default, bool) else type(default)
+        parser.add_argument(f"--{name}", type=kind, default=default)
     args = args_type(**vars(parser.parse_args()))
     result = run(args)
     line = json.dumps(result)
@@ -33,6 +34,14 @@ def benchmark_main(args_type: type, run: Callable[[object], dict], doc: str | No
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(line + "\n")
     return result
+
+
+def _flag(text: str) -> bool:
+    """`--name true|false` (argparse's `bool` would read "false" as True)."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1", "yes")
 
 
 def load_baseline(name: str, model: WorldFlow) -> WorldFlow:
