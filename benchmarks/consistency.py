@@ -163,14 +163,19 @@ def dream_statistics(video: torch.Tensor, seconds: float, episodes: list, args: 
         "mean_intensity_furthest_outside": round(outside.max().item(), 4),  # 8-bit levels
         "mean_intensity_range_real": [round(real_mean.min().item(), 3), round(real_mean.max().item(), 3)],
         "pole_angle_in_real_range": round(in_theta, 4),
-        "pole_deg_range_dream": [_round(np.degrees(np.nanmin(theta.numpy()))),
-                                 _round(np.degrees(np.nanmax(theta.numpy())))],
+        "pole_deg_range_dream": _span(np.degrees(theta.numpy())),
         "pole_deg_range_real": [_round(np.degrees(lo_t)), _round(np.degrees(hi_t))],
-        "cart_x_range_dream": [_round(np.nanmin(x.numpy())), _round(np.nanmax(x.numpy()))],
+        "cart_x_range_dream": _span(x.numpy()),
         "cart_x_range_real": [_round(lo_x), _round(hi_x)],
         "longest_still_run": longest,
         "ms_per_frame": round(1000 * seconds / args.dream_frames, 1),
     }
+
+
+def _span(values: np.ndarray) -> list:
+    """[min, max] of the values read (NaN: unread), [None, None] if none was."""
+    read = values[~np.isnan(values)]
+    return [_round(read.min()), _round(read.max())] if read.size else [None, None]
 
 
 def _round(v) -> float | None:
