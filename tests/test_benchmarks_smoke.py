@@ -322,6 +322,7 @@ def test_bench_report_tables_every_method_and_kind(cartpole_dir, tmp_path, capsy
         row = next(line for line in report.splitlines() if line.startswith(f"| {kind} |"))
         assert row.count("/") == 3  # worldflow, worldflow_bits, frame_difference: AUROC / AUPRC each
     assert "| copy_last |" in report and "| worldflow |" in report and '"ms": 1.0' in report
+    assert "| worst AUROC |" in report
     assert all((results / f).stat().st_size > 0 for f in ("anomaly_auroc.png", "consistency.png"))
     assert main(["bench", "only=[nope]", f"results={results}"]) == 2
     assert "only" in capsys.readouterr().err

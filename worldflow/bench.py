@@ -116,9 +116,12 @@ def _pyplot():
 def _anomaly(result: dict, results: Path) -> list[str]:
     methods = result["methods"]
     kinds = list(result["anomalies_per_kind"])
+    left = result.get("identical_left_out") or {}
+    left_out = (" Left out as identical to the real frame (no anomaly): "
+                + ", ".join(f"{k} {n}" for k, n in left.items()) + ".") if left else ""
     lines = ["## Anomaly scoring (`anomaly.py`)", "",
              f"{result['normal_frames']} normal held-out frames; anomalies per kind: "
-             + ", ".join(f"{k} {n}" for k, n in result["anomalies_per_kind"].items()) + ".", "",
+             + ", ".join(f"{k} {n}" for k, n in result["anomalies_per_kind"].items()) + "." + left_out, "",
              "AUROC / AUPRC per kind (best AUROC in bold):", "",
              "| kind | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for kind in kinds:
@@ -128,6 +131,7 @@ def _anomaly(result: dict, results: Path) -> list[str]:
             cells.append(f"**{cell}**" if m in result["best_per_kind"][kind] else cell)
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines.append("| mean AUROC | " + " | ".join(f"{methods[m]['mean_auroc']:.3f}" for m in methods) + " |")
+    lines.append("| worst AUROC | " + " | ".join(f"{methods[m]['min_auroc']:.3f}" for m in methods) + " |")
     lines += ["", f"worldflow is among the best on {result['worldflow_best_share']:.0%} of the kinds, "
               f"alone best on {result['worldflow_alone_best_share']:.0%}.", "",
               "![AUROC per kind](anomaly_auroc.png)", ""]
