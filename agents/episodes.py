@@ -54,12 +54,18 @@ def make_agent(model, cfg: AgentConfig, policy: LinearPolicy | str | os.PathLike
     if cfg.agent == "random":
         return RandomAgent(action_space_of(model.config), cfg.seed)
     if policy is None:
-        shipped = getattr(model, "source_dir", None)
-        path = None if shipped is None else Path(shipped) / POLICY_FILE
-        policy = LinearPolicy.load(path) if path is not None and path.exists() else train_policy(model)
+        path = shipped_policy(model)
+        policy = LinearPolicy.load(path) if path is not None else train_policy(model)
     elif not isinstance(policy, LinearPolicy):
         policy = LinearPolicy.load(policy)
     return PolicyAgent(model, policy)
+
+
+def shipped_policy(model) -> Path | None:
+    """The policy file saved beside `model` (learned in its dream), or None if there is none."""
+    shipped = getattr(model, "source_dir", None)
+    path = None if shipped is None else Path(shipped) / POLICY_FILE
+    return path if path is not None and path.exists() else None
 
 
 @dataclass

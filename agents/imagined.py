@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from worldflow.data import read_cartpole_state, record_episode
+from worldflow.data.preprocess import CARTPOLE_CROP, CARTPOLE_FRAME_SIZE, default_preprocessing
 from worldflow.errors import WorldFlowError
 
 from .config import AgentConfig
@@ -38,13 +39,20 @@ FPS = 50  # CartPole-v1 steps 0.02 s
 SCALE = np.array([2.4, 0.21, 1.0, 1.0], dtype=np.float32)  # termination bounds; velocities in /s
 
 
-def cartpole_features(previous: np.ndarray, frame: np.ndarray, *geometry) -> np.ndarray:
+def cartpole_features(previous: np.ndarray, frame: np.ndarray, frame_size=CARTPOLE_FRAME_SIZE,
+                      crop=CARTPOLE_CROP) -> np.ndarray:
     """(..., H, W, 3) uint8 twice -> (..., 4) float32: x, theta, dx/dt, dtheta/dt, scaled; 0 where unread.
-    `geometry`: the frame size and crop, if not the shipped model's (`read_cartpole_state`)."""
-    x0, t0 = read_cartpole_state(np.ascontiguousarray(previous), *geometry)
-    x1, t1 = read_cartpole_state(np.ascontiguousarray(frame), *geometry)
+    `frame_size`, `crop`: how the frames were made (`read_cartpole_state`; `reader_geometry`)."""
+    x0, t0 = read_cartpole_state(np.ascontiguousarray(previous), frame_size, crop)
+    x1, t1 = read_cartpole_state(np.ascontiguousarray(frame), frame_size, crop)
     f = np.stack([x1, t1, (x1 - x0) * FPS, (t1 - t0) * FPS], axis=-1) / SCALE
     return np.nan_to_num(f, nan=0.0).astype(np.float32)
+
+
+def reader_geometry(model) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    """The frame size and crop `model`'s frames were made with, as the CartPole reader needs them."""
+    cfg = model.config
+    return tuple(cfg.frame_size), cfg.crop if cfg.crop is not None else default_preprocessing(cfg.env_id)[1]
 
 
 @dataclass
@@ -129,10 +137,10 @@ def dream_rollouts(
     previous = frames[:, 0].repeat(repeat, 1, 1, 1).numpy()
     features = np.zeros((b, steps, 4), dtype=np.float32)
     rewards, alive = np.zeros((b, steps)), np.zeros((b, steps), dtype=bool)
-    living = np.ones(b, dtype=bool)
+    living, geometry = np.ones(b, dtype=bool), reader_geometry(model)
     for t in range(steps):
         pixels = td.get("pixels").numpy()
-        features[:, t] = cartpole_features(previous, pixels)
+        features[:, t] = cartpole_features(previous, pixels, *geometry)
         td.set("action", torch.nn.functional.one_hot(torch.from_numpy(act(features[:, t])), n).float())
         nxt = env.step(td).get("next")
         rewards[:, t], alive[:, t] = nxt.get("reward").squeeze(-1).numpy(), living
@@ -197,7 +205,7 @@ class PolicyAgent:
 
     def __init__(self, model, policy: LinearPolicy):
         check_cartpole(model)
-        self.policy = policy
+        self.policy, self._geometry = policy, reader_geometry(model)
         self._previous = self._frame = None
 
     def reset(self, frame: np.ndarray, seed: int | None = None) -> None:
@@ -206,7 +214,7 @@ class PolicyAgent:
     def act(self) -> int:
         if self._frame is None:
             raise RuntimeError("act: call reset(first_frame) first")
-        return int(self.policy.act(cartpole_features(self._previous, self._frame)))
+        return int(self.policy.act(cartpole_features(self._previous, self._frame, *self._geometry)))
 
     def observe(self, frame: np.ndarray, action) -> float:
         self._previous, self._frame = self._frame, np.asarray(frame)

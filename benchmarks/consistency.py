@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,13 +35,12 @@ from baselines.rssm import train_rssm
 from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
-from worldflow.agents.episodes import POLICY_FILE
-from worldflow.agents.imagined import LinearPolicy, cartpole_features
+from worldflow.agents.episodes import shipped_policy
+from worldflow.agents.imagined import LinearPolicy, PolicyAgent, reader_geometry
 from worldflow.benchmarking import benchmark_main, check_positive, load_cartpole_model, machine
 from worldflow.codec import model_to_frames
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
 from worldflow.data.collect import record_episode
-from worldflow.data.preprocess import default_preprocessing
 
 
 @dataclass
@@ -124,15 +122,16 @@ def random_dream(model, context: torch.Tensor, frames: int, denoise: bool = True
 
 @torch.no_grad()
 def policy_dream(model, context: torch.Tensor, context_actions: torch.Tensor, frames: int,
-                 policy: LinearPolicy, geometry, denoise: bool = True) -> torch.Tensor:
+                 policy: LinearPolicy, denoise: bool = True) -> torch.Tensor:
     """`frames` new frames after `context`, each action chosen by `policy` from the two frames before it."""
     state = model.start(1, context[None], context_actions[None, : context.shape[0] - 1], seed=0)
-    previous, frame, video = context[-2].numpy(), context[-1].numpy(), []
+    agent, video = PolicyAgent(model, policy), []
+    agent.reset(context[-2].numpy())
+    agent.observe(context[-1].numpy(), None)
     for _ in tqdm(range(frames), desc="policy dream", unit="frame", leave=False):
-        action = torch.from_numpy(policy.act(cartpole_features(previous, frame, *geometry[:2]))[None])
-        x, _ = model.step(state, action, temperature=0.0, denoise=denoise)
-        previous, frame = frame, model_to_frames(x[:, None])[0, 0].numpy()
-        video.append(frame)
+        x, _ = model.step(state, torch.tensor([agent.act()]), temperature=0.0, denoise=denoise)
+        video.append(model_to_frames(x[:, None])[0, 0].numpy())
+        agent.observe(video[-1], None)
     return torch.from_numpy(np.stack(video))
 
 
@@ -188,8 +187,8 @@ def run(args: Args) -> dict:
     check_positive(args, "episodes", "context", "horizon", "starts_per_episode", "dream_frames", "batch")
     model = load_cartpole_model(args.model)
     cfg = model.config
-    crop = cfg.crop if cfg.crop is not None else default_preprocessing(cfg.env_id)[1]
-    geometry = (tuple(cfg.frame_size), crop, cartpole_pixels_per_unit(cfg.frame_size, crop))
+    size, crop = reader_geometry(model)
+    geometry = (size, crop, cartpole_pixels_per_unit(size, crop))
     episodes = held_out(cfg, args)
     data = starts(episodes, args)
 
@@ -213,18 +212,16 @@ def run(args: Args) -> dict:
     predictions["copy_last"] = copy_last(data["context"], args.horizon)
     results = {name: per_horizon(pred, data, geometry) for name, pred in predictions.items()}
 
-    context, context_actions = episodes[0]["frames"][: args.context], episodes[0]["actions"][: args.context]
-    policy = Path(getattr(model, "source_dir", None) or ".") / POLICY_FILE
-    makers = {"random": lambda: random_dream(model, context, args.dream_frames, args.denoise),
-              "policy": lambda: policy_dream(model, context, context_actions, args.dream_frames,
-                                             LinearPolicy.load(policy), geometry, args.denoise)}
-    dreams = dict.fromkeys(makers)  # the policy's stays None for a model without one
-    for name, make in makers.items():
-        if name == "policy" and not policy.exists():
-            continue
+    def measured(dream) -> dict:
         t0 = time.perf_counter()
-        video = make()
-        dreams[name] = dream_statistics(video, time.perf_counter() - t0, episodes, args, geometry)
+        video = dream()
+        return dream_statistics(video, time.perf_counter() - t0, episodes, args, geometry)
+
+    context, context_actions = episodes[0]["frames"][: args.context], episodes[0]["actions"][: args.context]
+    random_stats = measured(lambda: random_dream(model, context, args.dream_frames, args.denoise))
+    policy = shipped_policy(model)  # None for a model without one: no policy dream
+    policy_stats = None if policy is None else measured(lambda: policy_dream(
+        model, context, context_actions, args.dream_frames, LinearPolicy.load(policy), args.denoise))
 
     k = min(args.summary_horizons, args.horizon)
     beats = {}
@@ -243,8 +240,8 @@ def run(args: Args) -> dict:
         "summary": beats,
         "rollout_seconds": {m: round(s, 2) for m, s in seconds.items()},
         "rssm_training": rssm_summary,
-        "dream": dreams["random"],
-        "dream_policy": dreams["policy"],
+        "dream": random_stats,
+        "dream_policy": policy_stats,
         "seconds": round(time.perf_counter() - t_start, 1),
         **machine(),
     }
