@@ -41,6 +41,7 @@ from worldflow.benchmarking import benchmark_main, check_positive, load_cartpole
 from worldflow.codec import model_to_frames
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
 from worldflow.data.collect import record_episode
+from worldflow.generation import denoising_at
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Args:
     rssm_episodes: int = 60  # training-seed episodes for the RSSM (0: skip it)
     rssm_seconds: float = 600.0
     dream_frames: int = 1000
-    denoise: bool = True  # the learned denoiser after each worldflow frame (generation's default)
+    denoise: str = "auto"  # after each worldflow frame: auto (none at temperature 0), true, false, exact
     still_threshold: float = 0.5  # mean squared pixel change under which a frame "did not change"
     batch: int = 16
     threads: int = 2
@@ -112,7 +113,7 @@ def _nanmean(err: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def random_dream(model, context: torch.Tensor, frames: int, denoise: bool = True) -> torch.Tensor:
+def random_dream(model, context: torch.Tensor, frames: int, denoise: bool | str = "auto") -> torch.Tensor:
     """`frames` new frames (T, H, W, 3) after uint8 `context` (C, H, W, 3) under random actions."""
     gen = torch.Generator().manual_seed(0)
     acts = torch.randint(0, 2, (1, context.shape[0] + frames - 1), generator=gen)
@@ -122,7 +123,7 @@ def random_dream(model, context: torch.Tensor, frames: int, denoise: bool = True
 
 @torch.no_grad()
 def policy_dream(model, context: torch.Tensor, context_actions: torch.Tensor, frames: int,
-                 policy: LinearPolicy, denoise: bool = True) -> torch.Tensor:
+                 policy: LinearPolicy, denoise: bool | str = "auto") -> torch.Tensor:
     """`frames` new frames after `context`, each action chosen by `policy` from the two frames before it."""
     state = model.start(1, context[None], context_actions[None, : context.shape[0] - 1], seed=0)
     agent, video = PolicyAgent(model, policy), []
@@ -189,6 +190,8 @@ def run(args: Args) -> dict:
     cfg = model.config
     size, crop = reader_geometry(model)
     geometry = (size, crop, cartpole_pixels_per_unit(size, crop))
+    denoise = {"true": True, "false": False}.get(args.denoise.lower(), args.denoise)
+    denoising_at(denoise, 0.0)  # a bad --denoise fails here, before any work
     episodes = held_out(cfg, args)
     data = starts(episodes, args)
 
@@ -197,7 +200,7 @@ def run(args: Args) -> dict:
     with torch.no_grad():
         parts = [model.generate(args.horizon, context=data["context"][i : i + args.batch],
                                 actions=data["actions"][i : i + args.batch], temperature=0.0, seed=0,
-                                denoise=args.denoise)
+                                denoise=denoise)
                  for i in tqdm(range(0, len(data["context"]), args.batch), desc="worldflow rollouts")]
     predictions["worldflow"], seconds["worldflow"] = torch.cat(parts), time.perf_counter() - t0
     rssm_summary = None
@@ -218,10 +221,10 @@ def run(args: Args) -> dict:
         return dream_statistics(video, time.perf_counter() - t0, episodes, args, geometry)
 
     context, context_actions = episodes[0]["frames"][: args.context], episodes[0]["actions"][: args.context]
-    random_stats = measured(lambda: random_dream(model, context, args.dream_frames, args.denoise))
+    random_stats = measured(lambda: random_dream(model, context, args.dream_frames, denoise))
     policy = shipped_policy(model)  # None for a model without one: no policy dream
     policy_stats = None if policy is None else measured(lambda: policy_dream(
-        model, context, context_actions, args.dream_frames, LinearPolicy.load(policy), args.denoise))
+        model, context, context_actions, args.dream_frames, LinearPolicy.load(policy), denoise))
 
     k = min(args.summary_horizons, args.horizon)
     beats = {}
@@ -236,6 +239,7 @@ def run(args: Args) -> dict:
         "rollouts": int(data["context"].shape[0]),
         "context": args.context,
         "horizon": args.horizon,
+        "denoise": args.denoise,
         "methods": results,
         "summary": beats,
         "rollout_seconds": {m: round(s, 2) for m, s in seconds.items()},

@@ -91,7 +91,8 @@ class WorldFlowEnv(gym.Env):
     | `reward`            | see Rewards (default "log_likelihood")                       |
     | `sampler`           | "jacobi" (default), "sequential" or a `SamplerConfig`        |
     | `temperature`       | latent noise scale; 0 follows the flow's mode (default 1)    |
-    | `denoise`           | one-step denoising: True/"learned", "exact" or False          |
+    | `denoise`           | one-step denoising: "auto" (learned at temperature > 0, none |
+    |                     | at 0; default), True/"learned", "exact" or False             |
     | `context_noise`     | noise context / observed frames like training (default True) |
     | `max_episode_steps` | truncation; None: never (default None)                       |
     | `device`            | where the model runs (default: where it is / "cpu")          |
@@ -114,7 +115,7 @@ class WorldFlowEnv(gym.Env):
         reward="log_likelihood",
         sampler: SamplerConfig | str = "jacobi",
         temperature: float = 1.0,
-        denoise: bool | str = True,
+        denoise: bool | str = "auto",
         context_noise: bool = True,
         max_episode_steps: int | None = None,
         device=None,

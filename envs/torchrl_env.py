@@ -112,7 +112,7 @@ class WorldFlowTorchRLEnv(EnvBase):
         reward="log_likelihood",
         sampler: SamplerConfig | str = "jacobi",
         temperature: float = 1.0,
-        denoise: bool | str = True,
+        denoise: bool | str = "auto",
         context_noise: bool = True,
         max_episode_steps: int | None = None,
         prompt=None,

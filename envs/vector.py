@@ -57,7 +57,7 @@ class WorldFlowVectorEnv(VectorEnv):
         reward="log_likelihood",
         sampler: SamplerConfig | str = "jacobi",
         temperature: float = 1.0,
-        denoise: bool | str = True,
+        denoise: bool | str = "auto",
         context_noise: bool = True,
         max_episode_steps: int | None = None,
         device=None,

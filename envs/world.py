@@ -39,6 +39,7 @@ from torch import Tensor
 from worldflow.codec import LOG_PIXEL_SCALE, frames_to_model, model_to_frames
 from worldflow.config import SamplerConfig
 from worldflow.errors import WorldFlowError
+from worldflow.generation import denoising_at
 from worldflow.metrics import noise_floor_bits
 from worldflow.model import WorldFlow
 from worldflow.video_state import VideoState, slide_window
@@ -127,8 +128,10 @@ class DreamWorld:
             `(obs, action, info) -> float`.
         sampler: "jacobi", "sequential" or a `SamplerConfig`.
         temperature: scale of the latent noise (0: the flow's mode path).
-        denoise: clean each generated frame in one step: True or "learned" (the learned
-            denoiser), "exact" (the flow's own score by autograd; slow), False (raw sample).
+        denoise: clean each generated frame in one step: "auto" (the learned denoiser at
+            temperature > 0, none on the mode path at 0; see `worldflow.generation`), True or
+            "learned" (the learned denoiser), "exact" (the flow's own score by autograd;
+            slow), False (raw sample).
         context_noise: noise context and observed frames like training data before encoding.
         device: where the model runs (None: where it is; "cpu" for a name).
     """
@@ -139,7 +142,7 @@ class DreamWorld:
         reward="log_likelihood",
         sampler: SamplerConfig | str = "jacobi",
         temperature: float = 1.0,
-        denoise: bool | str = True,
+        denoise: bool | str = "auto",
         context_noise: bool = True,
         device=None,
     ):
@@ -160,9 +163,7 @@ class DreamWorld:
         if not isinstance(temperature, numbers.Real) or not 0 <= float(temperature) < math.inf:
             raise WorldFlowError(f"temperature: expected a finite number >= 0, got {temperature!r}")
         self.temperature = float(temperature)
-        if denoise not in (True, False, "learned", "exact"):
-            raise WorldFlowError(f"denoise: expected True, False, 'learned' or 'exact', got {denoise!r}")
-        self.denoise, self.context_noise = denoise, bool(context_noise)
+        self.denoise, self.context_noise = denoising_at(denoise, self.temperature), bool(context_noise)
         self.action_space = action_space_of(cfg)
         self.observation_space = spaces.Box(0, 255, (*cfg.frame_size, cfg.channels), np.uint8)
         self.dims = cfg.dims_per_frame

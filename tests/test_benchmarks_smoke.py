@@ -3,6 +3,7 @@
 A tiny randomized CartPole-shaped model with tiny settings: seconds, no claims on quality.
 """
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -279,6 +280,9 @@ def test_consistency_benchmark_smoke(cartpole_dir):
         assert dream["frames"] == 12 and 0 <= dream["longest_still_run"] <= 11
         assert 0 <= dream["mean_intensity_in_real_range"] <= 1 and 0 <= dream["pole_angle_in_real_range"] <= 1
         assert (dream["mean_intensity_furthest_outside"] == 0) == (dream["mean_intensity_in_real_range"] == 1)
+    assert result["denoise"] == "auto"
+    with pytest.raises(wf.WorldFlowError, match="denoise"):
+        bench.run(dataclasses.replace(args, denoise="sharp"))
 
 
 def test_rssm_learns_its_training_clips():

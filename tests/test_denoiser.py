@@ -75,5 +75,12 @@ def test_learned_denoiser_is_used_in_generation(tiny):
     state = tiny.start(1)
     frame, info = tiny.step(state, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(frame, info["x_noisy"] - tiny.config.noise_std, atol=1e-6)
-    with pytest.raises(ValueError, match="denoise"):
-        tiny.step(state, denoise="magic")
+    # "auto" (the default) leaves the temperature-0 mode path raw; True forces the denoiser
+    frame, info = tiny.step(tiny.start(1), temperature=0.0)
+    assert torch.equal(frame, info["x_noisy"])
+    frame, info = tiny.step(tiny.start(1), temperature=0.0, denoise=True)
+    assert torch.allclose(frame, info["x_noisy"] - tiny.config.noise_std, atol=1e-6)
+    for bad in ("magic", 1, None):
+        with pytest.raises(ValueError, match="denoise"):
+            tiny.step(state, denoise=bad)
+    assert state.frame_index == 1  # a refused step appends nothing

@@ -375,6 +375,14 @@ def test_bad_construction_raises_naming_the_argument(model, kwargs, name):
         WorldFlowEnv(**{"model": model, **kwargs})
 
 
+def test_mode_path_is_not_denoised_by_default(model):
+    a = rollout(WorldFlowEnv(model, temperature=0.0), 0, [1, 0])
+    b = rollout(WorldFlowEnv(model, temperature=0.0, denoise=False), 0, [1, 0])
+    c = rollout(WorldFlowEnv(model, temperature=0.0, denoise=True), 0, [1, 0])
+    assert np.array_equal(a[1][0], b[1][0])
+    assert not np.array_equal(a[1][0], c[1][0])
+
+
 @pytest.mark.parametrize("denoise", [False, "exact"])
 def test_denoise_choices(model, denoise):
     a = rollout(WorldFlowEnv(model, denoise=denoise), 0, [1, 0])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional  # OmegaConf reads typing.Optional, not `X | None`
+from typing import Any, Optional  # OmegaConf reads typing.Optional, not `X | None`
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class GenerateConfig:
     sampler: str = "jacobi"
     temperature: float = 1.0
     guidance: float = 0.0
-    denoise: bool = True
+    denoise: Any = "auto"  # "auto" (learned at temperature > 0, none at 0), true, false, "exact"
     seed: int = 0
     fps: int = 15
     scale: int = 4  # nearest-neighbour upscaling of the written video

@@ -6,6 +6,16 @@ block-Jacobi iteration (`worldflow.jacobi`); then the frame's shallow blocks are
 last to first, each over a fresh per-frame cache; then the causal denoiser cleans the
 frame in one step. `GenerationMixin` gives `WorldFlow` `start`, `push_context`, `step`,
 `decode` and `generate`; `next_frame` is one frame's inversion.
+
+Denoising (`denoise=`, default "auto"): the model is a density of noised frames
+`x + sigma * eps`, so a sample at temperature > 0 carries that noise and the one-step
+Tweedie correction `x - sigma^2 * grad NLL` removes it. At temperature 0 the frame is the
+flow's mode path (z = 0): each token is its conditional mean, which already estimates the
+clean frame, and the score there is near zero; the learned denoiser adds only its own
+error (measured on the shipped CartPole model: open-loop h=1 PSNR 44.2 dB raw vs 44.0 dB
+denoised, and a closed-loop 1,000-frame dream drifts 0.014 levels below the darkest real
+frame with it and not without). "auto" is therefore the learned denoiser for samples and
+none on the mode path; True / "learned", "exact" and False force a choice.
 """
 
 from __future__ import annotations
@@ -20,6 +30,16 @@ from .jacobi import affine_guess, pack_affine, solve_frame
 from .likelihood import LOG_2PI
 from .seeding import generator_from
 from .video_state import VideoState, append_frames, new_state, slide_window
+
+
+def denoising_at(denoise, temperature: float) -> bool | str:
+    """The denoising a frame drawn at `temperature` gets (see the module docstring): "auto"
+    is "learned" for temperature > 0 and False at 0; other choices are returned as given."""
+    if not (isinstance(denoise, bool) or denoise in ("auto", "learned", "exact")):
+        raise WorldFlowError(f"denoise: expected 'auto', True, False, 'learned' or 'exact', got {denoise!r}")
+    if denoise == "auto":
+        return "learned" if temperature > 0 else False
+    return denoise
 
 
 def next_frame(
@@ -199,14 +219,15 @@ class GenerationMixin:
         z: Tensor | None = None,
         temperature: float = 1.0,
         sampler: SamplerConfig | str = "jacobi",
-        denoise: bool | str = True,
+        denoise: bool | str = "auto",
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict]:
         """Append one frame to `state`; returns it (B, C, H, W) in model space and info.
 
         `action` (B,) or (B, A) is the action taken after the latest frame (ignored for
         a video's first frame). `z` (B, N, c) gives the frame's latent tokens explicitly
-        (then `temperature` and `generator` are unused); by default z = temperature * eps.
+        (then `generator` is unused and `temperature` only says what z is for "auto"
+        denoising); by default z = temperature * eps. `denoise`: see the module docstring.
         info: nll (B,) nats per frame in pixel units of the flow's sample, iterations (B,)
         network calls per item, the raw sample `x_noisy`.
         """
@@ -222,8 +243,7 @@ class GenerationMixin:
                 cond = self.actions.null.expand(b, -1)
             else:
                 cond = self.actions.embed(torch.as_tensor(action, device=self.device))
-        if denoise not in (True, False, "learned", "exact"):
-            raise WorldFlowError(f"denoise: expected True, False, 'learned' or 'exact', got {denoise!r}")
+        denoise = denoising_at(denoise, temperature)
         before = state.clone() if denoise == "exact" else None
         x, nll, calls = next_frame(self, state, z, cond, sampler)
         info = {"nll": nll + cfg.dims_per_frame * LOG_PIXEL_SCALE, "iterations": calls, "x_noisy": x}
@@ -282,7 +302,7 @@ class GenerationMixin:
         prompt=None,
         batch_size: int = 1,
         sampler: SamplerConfig | str = "jacobi",
-        denoise: bool | str = True,
+        denoise: bool | str = "auto",
         guidance: float = 0.0,
         temperature: float = 1.0,
         seed: int | torch.Generator | None = None,
@@ -292,7 +312,8 @@ class GenerationMixin:
 
         `context` (uint8 (B, C, H, W, 3)) is continued; `actions` are counted from the first
         context frame (`actions[:, t]` conditions frame t + 1), so C context frames and
-        num_frames new ones need C + num_frames - 1 actions. `temperature=0` decodes z = 0.
+        num_frames new ones need C + num_frames - 1 actions. `temperature=0` decodes z = 0
+        (and by default is not denoised, see the module docstring).
         Longer than `max_frames`: the window slides (context re-encoded).
         """
         if not isinstance(num_frames, int) or num_frames < 1:

@@ -6,7 +6,7 @@ it (frames from W on have W - 1 frames of history, earlier ones what there is):
 - `bits_per_dim`: the exact surprise, -log2 p(frame t | history, actions, prompt) / D.
 - `prediction_error`: mean squared error (8-bit pixel units) of frame t against the model's
   temperature-0 prediction of it from the same history (the next-frame distribution's
-  centre, decoded by Jacobi iteration and denoised).
+  centre, decoded by Jacobi iteration; not denoised, see `worldflow.generation`).
 - `copy_error`: the same against frame t - 1, copy-last's prediction.
 - `stillness = log(prediction_error + FLOOR) - log(copy_error + FLOOR)`: positive where
   "nothing moved" explains the frame better than the model's own prediction of motion. A
@@ -19,10 +19,10 @@ it (frames from W on have W - 1 frames of history, earlier ones what there is):
   no history: its prediction scores are NaN and its anomaly is the robust z of its bits.
 
 Why the prediction and not the bits: the density of a model trained on noised frames
-(the shipped models: `sigma = 0.05`, 6.4 levels) is blind to differences smaller than its noise, such as a
-frame one or two steps out of time, while the temperature-0 prediction is denoised and
-sharp. On held-out CartPole episodes (docs/experiments.md) adding the bits' z-score to the
-maximum lowered the mean AUROC over nine kinds of anomaly from 0.981 to 0.965.
+(the shipped models: `sigma = 0.05`, 6.4 levels) is blind to differences smaller than its
+noise, such as a frame one or two steps out of time, while the temperature-0 prediction is
+the distribution's centre and sharp. On held-out CartPole episodes (docs/experiments.md)
+adding the bits' z-score to the maximum lowered the mean AUROC over nine kinds of anomaly from 0.981 to 0.965.
 """
 
 from __future__ import annotations
