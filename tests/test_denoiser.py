@@ -84,3 +84,5 @@ def test_learned_denoiser_is_used_in_generation(tiny):
         with pytest.raises(ValueError, match="denoise"):
             tiny.step(state, denoise=bad)
     assert state.frame_index == 1  # a refused step appends nothing
+    with pytest.raises(ValueError, match="denoise"):
+        tiny.generate(2, temperature=0.0, denoise="sharp")

@@ -319,6 +319,7 @@ class GenerationMixin:
         """
         if not isinstance(num_frames, int) or num_frames < 1:
             raise WorldFlowError(f"num_frames: expected a positive int, got {num_frames!r}")
+        denoise = denoising_at(denoise, temperature)  # a bad choice fails before any work
         gen = generator_from(seed, self.device)
         n_ctx = 0 if context is None else self.check_frames(context, "context").shape[1]
         b = batch_size if context is None else context.shape[0]
