@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from worldflow.data import read_cartpole_state, record_episode
-from worldflow.data.preprocess import CARTPOLE_CROP, CARTPOLE_FRAME_SIZE, default_preprocessing
+from worldflow.data import model_preprocessing, read_cartpole_state, record_episode
+from worldflow.data.preprocess import CARTPOLE_CROP, CARTPOLE_FRAME_SIZE
 from worldflow.errors import WorldFlowError
 
 from .config import AgentConfig
@@ -42,17 +42,11 @@ SCALE = np.array([2.4, 0.21, 1.0, 1.0], dtype=np.float32)  # termination bounds;
 def cartpole_features(previous: np.ndarray, frame: np.ndarray, frame_size=CARTPOLE_FRAME_SIZE,
                       crop=CARTPOLE_CROP) -> np.ndarray:
     """(..., H, W, 3) uint8 twice -> (..., 4) float32: x, theta, dx/dt, dtheta/dt, scaled; 0 where unread.
-    `frame_size`, `crop`: how the frames were made (`read_cartpole_state`; `reader_geometry`)."""
+    `frame_size`, `crop`: how the frames were made (`read_cartpole_state`; `model_preprocessing`)."""
     x0, t0 = read_cartpole_state(np.ascontiguousarray(previous), frame_size, crop)
     x1, t1 = read_cartpole_state(np.ascontiguousarray(frame), frame_size, crop)
     f = np.stack([x1, t1, (x1 - x0) * FPS, (t1 - t0) * FPS], axis=-1) / SCALE
     return np.nan_to_num(f, nan=0.0).astype(np.float32)
-
-
-def reader_geometry(model) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
-    """The frame size and crop `model`'s frames were made with, as the CartPole reader needs them."""
-    cfg = model.config
-    return tuple(cfg.frame_size), cfg.crop if cfg.crop is not None else default_preprocessing(cfg.env_id)[1]
 
 
 @dataclass
@@ -137,7 +131,7 @@ def dream_rollouts(
     previous = frames[:, 0].repeat(repeat, 1, 1, 1).numpy()
     features = np.zeros((b, steps, 4), dtype=np.float32)
     rewards, alive = np.zeros((b, steps)), np.zeros((b, steps), dtype=bool)
-    living, geometry = np.ones(b, dtype=bool), reader_geometry(model)
+    living, geometry = np.ones(b, dtype=bool), model_preprocessing(model.config)
     for t in range(steps):
         pixels = td.get("pixels").numpy()
         features[:, t] = cartpole_features(previous, pixels, *geometry)
@@ -205,7 +199,7 @@ class PolicyAgent:
 
     def __init__(self, model, policy: LinearPolicy):
         check_cartpole(model)
-        self.policy, self._geometry = policy, reader_geometry(model)
+        self.policy, self._geometry = policy, model_preprocessing(model.config)
         self._previous = self._frame = None
 
     def reset(self, frame: np.ndarray, seed: int | None = None) -> None:

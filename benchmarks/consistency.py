@@ -36,11 +36,12 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
 from worldflow.agents.episodes import shipped_policy
-from worldflow.agents.imagined import LinearPolicy, PolicyAgent, reader_geometry
+from worldflow.agents.imagined import LinearPolicy, PolicyAgent
 from worldflow.benchmarking import benchmark_main, check_positive, load_cartpole_model, machine
 from worldflow.codec import model_to_frames
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
 from worldflow.data.collect import record_episode
+from worldflow.data.preprocess import model_preprocessing
 from worldflow.generation import denoising_at
 
 
@@ -188,7 +189,7 @@ def run(args: Args) -> dict:
     check_positive(args, "episodes", "context", "horizon", "starts_per_episode", "dream_frames", "batch")
     model = load_cartpole_model(args.model)
     cfg = model.config
-    size, crop = reader_geometry(model)
+    size, crop = model_preprocessing(cfg)
     geometry = (size, crop, cartpole_pixels_per_unit(size, crop))
     denoise = {"true": True, "false": False}.get(args.denoise.lower(), args.denoise)
     denoising_at(denoise, 0.0)  # a bad --denoise fails here, before any work

@@ -18,6 +18,7 @@ from worldflow.data.preprocess import (
     CARTPOLE_CROP,
     CARTPOLE_FRAME_SIZE,
     default_preprocessing,
+    model_preprocessing,
     preprocess_frames,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "collect",
     "default_preprocessing",
     "load_dataset",
+    "model_preprocessing",
     "preprocess_frames",
     "read_cartpole_state",
     "record_episode",

@@ -3,7 +3,7 @@
 Every frame the model sees passes through :func:`preprocess_frames`, both when a dataset is
 collected and when a world model is fed real observations, so the two always agree.
 
-Per-environment defaults (:func:`default_preprocessing`):
+Per-environment defaults (:func:`default_preprocessing`; a model's own: :func:`model_preprocessing`):
 
 | env_id              | raw render | crop (top, bottom, left, right) | frame_size (H, W) |
 |---------------------|------------|---------------------------------|-------------------|
@@ -60,6 +60,13 @@ def default_preprocessing(
         ((32, 32), None)
     """
     return _PREPROCESSING.get(env_id, (DEFAULT_FRAME_SIZE, None))
+
+
+def model_preprocessing(config) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    """The ``(frame_size, crop)`` a world model's frames are made with: its config's, a crop
+    of ``None`` standing for its environment's default (as ``record_episode`` reads it)."""
+    crop = config.crop if config.crop is not None else default_preprocessing(config.env_id)[1]
+    return tuple(config.frame_size), crop
 
 
 def preprocess_frames(
