@@ -10,6 +10,7 @@ from test_envs import cartpole_model
 
 import worldflow as wf
 from worldflow.agents import AgentConfig, DreamObjective, LinearPolicy, RandomAgent, make_agent, play
+from worldflow.agents.episodes import make_real_env
 from worldflow.agents.planning import planning_env
 from worldflow.envs import WorldFlowTorchRLEnv
 from worldflow.errors import WorldFlowError
@@ -33,6 +34,7 @@ def model():
         ("likelihood_weight", "high"),
         ("temperature", -1.0),
         ("denoise", "yes"),
+        ("pole_weight", math.inf),
         ("seed", None),
     ],
 )
@@ -71,7 +73,7 @@ def test_observe_rejects_bad_input_and_keeps_the_state(model):
 
 
 def test_objective_is_task_reward_minus_weighted_logit_plus_weighted_surprise(model):
-    cfg = AgentConfig(termination_weight=0.7, likelihood_weight=-0.3)
+    cfg = AgentConfig(termination_weight=0.7, likelihood_weight=-0.3, pole_weight=0.0)
     env = planning_env(model, cfg)
     assert isinstance(env.transform, DreamObjective)
     td = env.base_env.begin(model.start_frames[:2, None], seed=0)
@@ -80,6 +82,91 @@ def test_objective_is_task_reward_minus_weighted_logit_plus_weighted_surprise(mo
     expected = nxt["task_reward"] - 0.7 * nxt["termination_logit"] - 0.3 * nxt["surprise"]
     torch.testing.assert_close(nxt["reward"].squeeze(-1), expected)
     assert nxt["termination_logit"].abs().sum() > 0  # the heads really ran
+
+
+def test_pole_lean_reads_the_real_pole_angle():
+    """(theta / 12 deg)^2 of real CartPole renders posed at known angles; 1 where no pole is seen."""
+    from worldflow.agents.objective import pole_lean
+    from worldflow.data import preprocess_frames
+    from worldflow.data.preprocess import CARTPOLE_CROP, CARTPOLE_FRAME_SIZE
+
+    env = make_real_env("CartPole-v1")
+    env.reset(seed=0)
+    degrees = [0.0, 3.0, -6.0, 9.0, 30.0]
+    frames = []
+    for d in degrees:
+        env.unwrapped.state = np.array([0.3, 0.0, math.radians(d), 0.0])
+        frames.append(preprocess_frames(env.render(), CARTPOLE_FRAME_SIZE, CARTPOLE_CROP))
+    env.close()
+    frames.append(torch.full_like(frames[0], 255))  # an empty picture: no pole
+    lean = pole_lean(torch.stack(frames), CARTPOLE_FRAME_SIZE, CARTPOLE_CROP)
+    expected = torch.tensor([min((d / 12) ** 2, 1.0) for d in degrees] + [1.0])
+    torch.testing.assert_close(lean, expected, atol=0.08, rtol=0.0)
+
+
+def test_pole_term_is_subtracted_and_defaults_by_agent_and_env(model):
+    from worldflow.agents.config import POLE_WEIGHT, pole_weight_for
+    from worldflow.agents.objective import pole_lean
+    from worldflow.data import model_preprocessing
+
+    assert pole_weight_for(AgentConfig(agent="cem"), "CartPole-v1") == POLE_WEIGHT > 0
+    assert pole_weight_for(AgentConfig(agent="mppi"), "CartPole-v1") == POLE_WEIGHT
+    assert pole_weight_for(AgentConfig(agent="policy"), "CartPole-v1") == 0.0
+    assert pole_weight_for(AgentConfig(agent="cem"), "Pendulum-v1") == 0.0
+    assert pole_weight_for(AgentConfig(agent="cem", pole_weight=0.0), "Pendulum-v1") == 0.0
+    with pytest.raises(WorldFlowError, match="pole_weight"):
+        pole_weight_for(AgentConfig(agent="cem", pole_weight=1.0), "Pendulum-v1")
+
+    steps = {}
+    for weight in (0.0, 3.0):
+        env = planning_env(model, AgentConfig(pole_weight=weight))
+        td = env.base_env.begin(model.start_frames[:2, None], seed=0)
+        td.set("action", torch.eye(2)[[0, 1]])
+        steps[weight] = env.step(td)["next"]
+    lean = pole_lean(steps[3.0]["pixels"], *model_preprocessing(model.config))
+    assert torch.equal(steps[0.0]["pixels"], steps[3.0]["pixels"])
+    expected = steps[0.0]["reward"].squeeze(-1) - 3.0 * lean
+    torch.testing.assert_close(steps[3.0]["reward"].squeeze(-1), expected)
+
+
+def test_planning_rollout_scores_as_torchrl_rollout_and_keeps_the_start():
+    """The planners' rollout (no world state stacked) gives TorchRL's own rollout's actions,
+    pixels and rewards up to each candidate's end, and leaves its start TensorDict as it was."""
+    from torchrl.envs import TransformedEnv
+
+    model = cartpole_model(terminate=0.0, max_frames=4, context_frames=2)  # some candidates end early
+    env = planning_env(model, AgentConfig())
+    start = env.base_env.begin(model.start_frames[:2], seed=0).unsqueeze(0).expand(8).clone()
+    before = start.clone()
+    actions = torch.eye(2)[torch.randint(2, (8, 5), generator=torch.Generator().manual_seed(0))]
+
+    def rollout(run):
+        steps = iter(range(5))
+        td = run(env, 5, lambda td: td.set("action", actions[:, next(steps)]), tensordict=start.clone(),
+                 auto_reset=False, break_when_any_done=False)
+        done = td["next", "done"].squeeze(-1).long()
+        return td, (done.cumsum(-1) - done) == 0  # the steps up to and with the end
+
+    ours, alive = rollout(type(env).rollout)
+    theirs, alive_theirs = rollout(TransformedEnv.rollout)
+    assert "state" not in ours.keys() and "state" in theirs.keys()
+    assert torch.equal(alive, alive_theirs) and alive.any() and not alive.all()
+    assert torch.equal(ours["action"], theirs["action"])
+    assert torch.equal(ours["next", "pixels"][alive], theirs["next", "pixels"][alive])
+    assert torch.equal(ours["next", "reward"][alive], theirs["next", "reward"][alive])
+    assert (start == before).all()
+
+
+def test_stepping_twice_from_one_state_gives_the_same_frame_and_leaves_it_intact(model):
+    env = planning_env(model, AgentConfig())
+    td = env.base_env.begin(model.start_frames[:3], seed=2).unsqueeze(0).expand(3).clone()
+    td.set("action", torch.eye(2)[[0, 1, 0]])
+    before = td.clone()
+    first = env.step(td.clone())["next"]
+    second = env.step(td.clone())["next"]
+    assert (td == before).all()
+    assert torch.equal(first["pixels"], second["pixels"])
+    assert torch.equal(first["state", "keys"], second["state", "keys"])
 
 
 @pytest.mark.parametrize("agent", ["cem", "mppi"])
