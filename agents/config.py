@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from worldflow.errors import WorldFlowError
 
 AGENTS = ("cem", "mppi", "policy", "random")
-POLE_WEIGHT = 20.0  # the planners' pole term on CartPole models (`pole_weight=None`)
+POLE_WEIGHT = 50.0  # the planners' pole term on CartPole models (`pole_weight=None`)
 
 
 @dataclass

@@ -8,10 +8,14 @@
    Agents: `cem` / `mppi` plan in the dream (`worldflow.agents.PlannerAgent`, the cheap
    path), `policy` is the linear policy learned in the dream (the model's shipped
    `policy.json`), `random` the uniform baseline.
+   The planners' objective is `AgentConfig`'s default: the learned heads plus, on
+   CartPole, the pole's lean read from the imagined frames (`pole_weight`; `--pole_weight 0`
+   for the heads alone).
 2. Agreement of the cheap planning path with the full one: on `agreement_states` real
    states (frames of seeded heuristic-policy episodes), the fraction where CEM on the
-   cheap path (one Jacobi pass a block, no denoising) picks the same first action as CEM
-   on the full path (Jacobi to convergence, learned denoising), from the same seed.
+   cheap path (one Jacobi pass a block) picks the same first action as CEM on the full
+   path (Jacobi to convergence), from the same seed. Neither denoises: at temperature 0
+   the library's default (`denoise="auto"`) does not.
 
 Prints one JSON line; `--out` also writes it (e.g. benchmarks/results/planning.json).
 """
@@ -27,6 +31,7 @@ import torch
 
 import worldflow as wf
 from worldflow.agents import AgentConfig, make_agent, play
+from worldflow.agents.config import POLE_WEIGHT
 from worldflow.benchmarking import benchmark_main, machine
 from worldflow.data import record_episode
 
@@ -41,13 +46,14 @@ class Args:
     horizon: int = 8
     candidates: int = 16
     top_k: int = 2
+    pole_weight: float = POLE_WEIGHT  # the planners' pole term (AgentConfig's default on CartPole)
     agreement_states: int = 20
     threads: int = 2
     out: str = ""  # e.g. benchmarks/results/planning.json
 
 
 def evaluate(model, args: Args, name: str) -> dict:
-    cfg = AgentConfig(agent=name, horizon=args.horizon, candidates=args.candidates, top_k=args.top_k)
+    cfg = AgentConfig(agent=name, **planner_fields(args))
     agent = make_agent(model, cfg)
     returns, steps, seconds = [], 0, 0.0
     for i in range(args.episodes):
@@ -63,16 +69,14 @@ def evaluate(model, args: Args, name: str) -> dict:
     }
 
 
+def planner_fields(args: Args) -> dict:
+    return dict(horizon=args.horizon, candidates=args.candidates, top_k=args.top_k, pole_weight=args.pole_weight)
+
+
 def agreement(model, args: Args) -> dict:
     """Same first action, cheap vs full planning path, over real states."""
-    cheap_cfg = AgentConfig(horizon=args.horizon, candidates=args.candidates, top_k=args.top_k)
-    full_cfg = AgentConfig(
-        horizon=args.horizon,
-        candidates=args.candidates,
-        top_k=args.top_k,
-        jacobi_iterations=None,
-        denoise=True,
-    )
+    cheap_cfg = AgentConfig(**planner_fields(args))
+    full_cfg = AgentConfig(**planner_fields(args), jacobi_iterations=None)
     cheap, full = make_agent(model, cheap_cfg), make_agent(model, full_cfg)
     cfg, same, times = model.config, 0, {"cheap": 0.0, "full": 0.0}
     rng = np.random.default_rng(args.seed)
@@ -112,7 +116,7 @@ def run(args: Args) -> dict:
         "env": model.config.env_id,
         "episodes": args.episodes,
         "seeds": [args.seed, args.seed + args.episodes - 1],
-        "planner": {"horizon": args.horizon, "candidates": args.candidates, "top_k": args.top_k},
+        "planner": planner_fields(args),
         **results,
     }
     if args.agreement_states:
