@@ -42,7 +42,7 @@ class ImagineConfig:
     mppi_temperature: float = 1.0
     termination_weight: float = 1.0
     likelihood_weight: float = 0.0
-    pole_weight: Optional[float] = None  # None: 50 for the planners on a CartPole model
+    pole_weight: float = 0.0  # CartPole: the pole's lean read from the imagined frames
     jacobi_iterations: Optional[int] = 1
     denoise: bool = False
     temperature: float = 0.0

@@ -23,7 +23,7 @@ from torchrl.objectives.value import TDLambdaEstimator
 from worldflow.config import SamplerConfig
 from worldflow.data import model_preprocessing
 
-from .config import AgentConfig, pole_weight_for
+from .config import AgentConfig, check_pole_weight
 from .objective import DreamObjective
 
 
@@ -94,9 +94,10 @@ def planning_env(model, cfg: AgentConfig) -> PlanningEnv:
         denoise=cfg.denoise,
         seed=cfg.seed,
     )
-    pole = pole_weight_for(cfg, model.config.env_id)
-    geometry = model_preprocessing(model.config) if pole else None
-    return PlanningEnv(world, DreamObjective(cfg.termination_weight, cfg.likelihood_weight, pole, geometry))
+    check_pole_weight(cfg, model.config.env_id)
+    geometry = model_preprocessing(model.config) if cfg.pole_weight else None
+    objective = DreamObjective(cfg.termination_weight, cfg.likelihood_weight, cfg.pole_weight, geometry)
+    return PlanningEnv(world, objective)
 
 
 class PlannerAgent:

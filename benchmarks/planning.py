@@ -8,9 +8,8 @@
    Agents: `cem` / `mppi` plan in the dream (`worldflow.agents.PlannerAgent`, the cheap
    path), `policy` is the linear policy learned in the dream (the model's shipped
    `policy.json`), `random` the uniform baseline.
-   The planners' objective is `AgentConfig`'s default: the learned heads plus, on
-   CartPole, the pole's lean read from the imagined frames (`pole_weight`; `--pole_weight 0`
-   for the heads alone).
+   The planners' objective is the learned heads (`AgentConfig`'s default); `--pole_weight`
+   adds the pole's lean read from the imagined frames.
 2. Agreement of the cheap planning path with the full one: on `agreement_states` real
    states (frames of seeded heuristic-policy episodes), the fraction where CEM on the
    cheap path (one Jacobi pass a block) picks the same first action as CEM on the full
@@ -31,7 +30,6 @@ import torch
 
 import worldflow as wf
 from worldflow.agents import AgentConfig, make_agent, play
-from worldflow.agents.config import POLE_WEIGHT
 from worldflow.benchmarking import benchmark_main, machine
 from worldflow.data import record_episode
 
@@ -46,7 +44,7 @@ class Args:
     horizon: int = 8
     candidates: int = 16
     top_k: int = 2
-    pole_weight: float = POLE_WEIGHT  # the planners' pole term (AgentConfig's default on CartPole)
+    pole_weight: float = 0.0  # the planners' pole term (AgentConfig.pole_weight)
     agreement_states: int = 20
     threads: int = 2
     out: str = ""  # e.g. benchmarks/results/planning.json
@@ -70,7 +68,8 @@ def evaluate(model, args: Args, name: str) -> dict:
 
 
 def planner_fields(args: Args) -> dict:
-    return dict(horizon=args.horizon, candidates=args.candidates, top_k=args.top_k, pole_weight=args.pole_weight)
+    names = ("horizon", "candidates", "top_k", "pole_weight")
+    return {name: getattr(args, name) for name in names}
 
 
 def agreement(model, args: Args) -> dict:

@@ -73,7 +73,7 @@ def test_observe_rejects_bad_input_and_keeps_the_state(model):
 
 
 def test_objective_is_task_reward_minus_weighted_logit_plus_weighted_surprise(model):
-    cfg = AgentConfig(termination_weight=0.7, likelihood_weight=-0.3, pole_weight=0.0)
+    cfg = AgentConfig(termination_weight=0.7, likelihood_weight=-0.3)
     env = planning_env(model, cfg)
     assert isinstance(env.transform, DreamObjective)
     td = env.base_env.begin(model.start_frames[:2, None], seed=0)
@@ -104,18 +104,14 @@ def test_pole_lean_reads_the_real_pole_angle():
     torch.testing.assert_close(lean, expected, atol=0.08, rtol=0.0)
 
 
-def test_pole_term_is_subtracted_and_defaults_by_agent_and_env(model):
-    from worldflow.agents.config import POLE_WEIGHT, pole_weight_for
+def test_pole_term_is_subtracted_and_only_for_cartpole(model):
     from worldflow.agents.objective import pole_lean
     from worldflow.data import model_preprocessing
 
-    assert pole_weight_for(AgentConfig(agent="cem"), "CartPole-v1") == POLE_WEIGHT > 0
-    assert pole_weight_for(AgentConfig(agent="mppi"), "CartPole-v1") == POLE_WEIGHT
-    assert pole_weight_for(AgentConfig(agent="policy"), "CartPole-v1") == 0.0
-    assert pole_weight_for(AgentConfig(agent="cem"), "Pendulum-v1") == 0.0
-    assert pole_weight_for(AgentConfig(agent="cem", pole_weight=0.0), "Pendulum-v1") == 0.0
+    pendulum = build(action_dim=1, env_id="Pendulum-v1", task_heads=True)
     with pytest.raises(WorldFlowError, match="pole_weight"):
-        pole_weight_for(AgentConfig(agent="cem", pole_weight=1.0), "Pendulum-v1")
+        planning_env(pendulum, AgentConfig(pole_weight=1.0))
+    assert planning_env(pendulum, AgentConfig()).transform.pole_weight == 0.0
 
     steps = {}
     for weight in (0.0, 3.0):
