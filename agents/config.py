@@ -90,9 +90,8 @@ def check_agent_config(cfg: AgentConfig) -> None:
         raise WorldFlowError(f"seed: expected an int, got {cfg.seed!r}")
 
 
-def check_pole_weight(cfg: AgentConfig, env_id: str | None) -> None:
-    """The pole term reads CartPole frames: a clear error for a weight on another model."""
-    if cfg.pole_weight and env_id != "CartPole-v1":
-        raise WorldFlowError(
-            f"pole_weight: the pole term reads CartPole frames; got a model of {env_id!r} (set 0)"
-        )
+def require_cartpole(model, field: str, what: str) -> None:
+    """A clear error naming `field` where `what` (e.g. "the pole term") would read frames of a
+    model of another environment than CartPole."""
+    if model.config.env_id != "CartPole-v1":
+        raise WorldFlowError(f"{field}: {what} reads CartPole frames; got a model of {model.config.env_id!r}")

@@ -32,7 +32,7 @@ from worldflow.data import model_preprocessing, read_cartpole_state, record_epis
 from worldflow.data.preprocess import CARTPOLE_CROP, CARTPOLE_FRAME_SIZE
 from worldflow.errors import WorldFlowError
 
-from .config import AgentConfig
+from .config import AgentConfig, require_cartpole
 from .planning import planning_env
 
 FPS = 50  # CartPole-v1 steps 0.02 s
@@ -89,10 +89,7 @@ class ImaginationConfig:
 
 
 def check_cartpole(model) -> None:
-    if model.config.env_id != "CartPole-v1":
-        raise WorldFlowError(
-            f"agent: the imagined policy reads CartPole frames; got a model of {model.config.env_id!r}"
-        )
+    require_cartpole(model, "agent", "the imagined policy")
 
 
 def start_moments(model, cfg: ImaginationConfig) -> tuple[torch.Tensor, torch.Tensor]:

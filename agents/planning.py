@@ -23,7 +23,7 @@ from torchrl.objectives.value import TDLambdaEstimator
 from worldflow.config import SamplerConfig
 from worldflow.data import model_preprocessing
 
-from .config import AgentConfig, check_pole_weight
+from .config import AgentConfig, require_cartpole
 from .objective import DreamObjective
 
 
@@ -94,8 +94,10 @@ def planning_env(model, cfg: AgentConfig) -> PlanningEnv:
         denoise=cfg.denoise,
         seed=cfg.seed,
     )
-    check_pole_weight(cfg, model.config.env_id)
-    geometry = model_preprocessing(model.config) if cfg.pole_weight else None
+    geometry = None
+    if cfg.pole_weight:
+        require_cartpole(model, "pole_weight", "the pole term")
+        geometry = model_preprocessing(model.config)
     objective = DreamObjective(cfg.termination_weight, cfg.likelihood_weight, cfg.pole_weight, geometry)
     return PlanningEnv(world, objective)
 
