@@ -29,6 +29,8 @@ noise (common random numbers) and differ only through their actions.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict, TensorDictBase
@@ -127,6 +129,7 @@ class WorldFlowTorchRLEnv(EnvBase):
         self._score_keys = SCORES + (HEAD_KEYS if self.model.heads is not None else ())
         self._make_specs()
         self._rngs: list[torch.Generator] = []
+        self._consuming = False  # `step` may write the next KV cache into the given one
         self.set_seed(seed)
 
     # ------------------------------------------------------------------ specs
@@ -213,8 +216,9 @@ class WorldFlowTorchRLEnv(EnvBase):
             out["text"] = state.text
         return out
 
-    def _unpack(self, st: TensorDictBase, idx: Tensor, frames: int, recent: int) -> VideoState:
-        """Items `idx` of flat state buffers, all with `frames` window frames, as a VideoState."""
+    def _unpack(self, st: TensorDictBase, idx: Tensor | slice, frames: int, recent: int) -> VideoState:
+        """Items `idx` of flat state buffers, all with `frames` window frames, as a VideoState
+        (copies; views of the buffers where `idx` is a slice)."""
         cfg, keep = self.world.config, self.world.keep
         text = st.get("text")[idx] if "text" in st.keys() else None
         text_len = 0 if text is None else text.shape[1]
@@ -362,20 +366,38 @@ class WorldFlowTorchRLEnv(EnvBase):
             batch_size=[n],
         ).to(self.device).reshape(shape)
 
+    @contextmanager
+    def consuming_state(self):
+        """Within it, `step` may write the next frame's KV cache into the buffers of the state
+        it is given instead of a copy: for callers that step each state once, keep only the
+        result, and own what they step (the planners' rollout, `agents.planning`)."""
+        before, self._consuming = self._consuming, True
+        try:
+            yield self
+        finally:
+            self._consuming = before
+
     def _advance(self, st: TensorDictBase, advance) -> dict[str, Tensor]:
         """Run `advance(idx, state)` on the flat state buffers `st`, one pass per window layout
         (lined up by early slides); returns the new buffers."""
         world = self.world
         window, index = st.get("frames"), st.get("frame_index")
         recent = index.clamp(max=world.keep)
+        layouts = torch.stack([window, recent], -1).unique(dim=0).tolist()
         groups = []  # items whose windows hold equally many frames share a pass
-        for f, g in torch.stack([window, recent], -1).unique(dim=0).tolist():
-            idx = ((window == f) & (recent == g)).nonzero().squeeze(-1)
+        for f, g in layouts:
+            if len(layouts) == 1 and self._consuming:  # views: the cache is written in place
+                idx = slice(None)
+            else:
+                idx = ((window == f) & (recent == g)).nonzero().squeeze(-1)
             groups.append((idx, self._unpack(st, idx, f, g)))
         lined = world.line_up(groups)
-        if len(lined) == 1 and lined[0][0].equal(torch.arange(len(window))):
+        whole = len(lined) == 1 and (
+            isinstance(lined[0][0], slice) or lined[0][0].equal(torch.arange(len(window)))
+        )
+        if whole:
             # one pass over every item in order (the usual case): its buffers are the output,
-            # fresh copies already (`_unpack`), not one more copy of the KV cache
+            # fresh copies already (`_unpack`) or the consumed input's, not one more copy
             advance(*lined[0])
             out = self._pack(lined[0][1])
         else:

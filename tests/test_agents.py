@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import build
+from tensordict import TensorDict
 from test_envs import cartpole_model
 
 import worldflow as wf
@@ -126,8 +127,10 @@ def test_pole_term_is_subtracted_and_only_for_cartpole(model):
 
 
 def test_planning_rollout_scores_as_torchrl_rollout_and_keeps_the_start():
-    """The planners' rollout (no world state stacked) gives TorchRL's own rollout's actions,
-    pixels and rewards up to each candidate's end, and leaves its start TensorDict as it was."""
+    """The planners' rollout (shared histories stepped once, no world state stacked) gives
+    TorchRL's own rollout's actions, pixels and rewards up to each candidate's end (up to
+    float32 rounding of the smaller batches), steps one world per distinct action prefix,
+    and leaves its start TensorDict as it was."""
     from torchrl.envs import TransformedEnv
 
     model = cartpole_model(terminate=0.0, max_frames=4, context_frames=2)  # some candidates end early
@@ -135,22 +138,42 @@ def test_planning_rollout_scores_as_torchrl_rollout_and_keeps_the_start():
     start = env.base_env.begin(model.start_frames[:2], seed=0).unsqueeze(0).expand(8).clone()
     before = start.clone()
     actions = torch.eye(2)[torch.randint(2, (8, 5), generator=torch.Generator().manual_seed(0))]
+    stepped, world_step = [], env.base_env._step
+
+    def counting(td):
+        stepped.append(td.numel())
+        return world_step(td)
 
     def rollout(run):
         steps = iter(range(5))
+        stepped.clear()
         td = run(env, 5, lambda td: td.set("action", actions[:, next(steps)]), tensordict=start.clone(),
                  auto_reset=False, break_when_any_done=False)
         done = td["next", "done"].squeeze(-1).long()
-        return td, (done.cumsum(-1) - done) == 0  # the steps up to and with the end
+        return td, (done.cumsum(-1) - done) == 0, list(stepped)  # the steps up to and with the end
 
-    ours, alive = rollout(type(env).rollout)
-    theirs, alive_theirs = rollout(TransformedEnv.rollout)
+    env.base_env._step = counting
+    ours, alive, ours_stepped = rollout(type(env).rollout)
+    theirs, alive_theirs, theirs_stepped = rollout(TransformedEnv.rollout)
+    prefixes = [len(torch.unique(actions[:, : t + 1].flatten(1), dim=0)) for t in range(5)]
+    assert ours_stepped == prefixes and prefixes[0] < prefixes[-1] <= 8 and theirs_stepped == [8] * 5
     assert "state" not in ours.keys() and "state" in theirs.keys()
     assert torch.equal(alive, alive_theirs) and alive.any() and not alive.all()
     assert torch.equal(ours["action"], theirs["action"])
-    assert torch.equal(ours["next", "pixels"][alive], theirs["next", "pixels"][alive])
-    assert torch.equal(ours["next", "reward"][alive], theirs["next", "reward"][alive])
+    pixels = ours["next", "pixels"][alive].int(), theirs["next", "pixels"][alive].int()
+    assert (pixels[0] - pixels[1]).abs().max() <= 2
+    rewards = ours["next", "reward"][alive], theirs["next", "reward"][alive]
+    torch.testing.assert_close(*rewards, rtol=1e-4, atol=1e-5)
     assert (start == before).all()
+
+
+def test_shared_starts_groups_candidates_equal_to_their_first():
+    from worldflow.agents.planning import shared_starts
+
+    td = TensorDict({"a": torch.tensor([[1, 1, 2], [3, 3, 3]]), "b": torch.zeros(2, 3, 4)}, [2, 3])
+    assert shared_starts(td).tolist() == [0, 0, 2, 3, 3, 3]
+    td["b"][1, 2, 0] = 1.0
+    assert shared_starts(td).tolist() == [0, 0, 2, 3, 3, 5]
 
 
 def test_stepping_twice_from_one_state_gives_the_same_frame_and_leaves_it_intact(model):
@@ -163,6 +186,24 @@ def test_stepping_twice_from_one_state_gives_the_same_frame_and_leaves_it_intact
     assert (td == before).all()
     assert torch.equal(first["pixels"], second["pixels"])
     assert torch.equal(first["state", "keys"], second["state", "keys"])
+
+
+def test_consuming_state_steps_alike_in_the_given_buffers(model):
+    """Within `consuming_state` a step writes the next KV cache into the state it was given
+    (no copy) and computes the same frame and cache as a step that copies."""
+    env = planning_env(model, AgentConfig())
+    world = env.base_env
+    td = world.begin(model.start_frames[:3], seed=2).unsqueeze(0).expand(3).clone()
+    td.set("action", torch.eye(2)[[0, 1, 0]])
+    kept = env.step(td.clone())["next"]
+    given = td.clone()
+    with world.consuming_state():
+        consumed = env.step(given)["next"]
+    assert not world._consuming
+    assert torch.equal(kept["pixels"], consumed["pixels"])
+    assert torch.equal(kept["state", "keys"], consumed["state", "keys"])
+    assert consumed["state", "keys"].data_ptr() == given["state", "keys"].data_ptr()
+    assert kept["state", "keys"].data_ptr() != td["state", "keys"].data_ptr()
 
 
 @pytest.mark.parametrize("agent", ["cem", "mppi"])
