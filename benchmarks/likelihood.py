@@ -87,11 +87,11 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tqdm import tqdm
 
 import worldflow as wf
-from worldflow.benchmarking import benchmark_main, load_baseline
+from worldflow.benchmarking import benchmark_main, load_baseline, load_cartpole_model
 from worldflow.codec import frames_to_model
 from worldflow.data.cartpole_reader import cartpole_pixels_per_unit, read_cartpole_state
 from worldflow.data.collect import record_episode
-from worldflow.data.preprocess import default_preprocessing
+from worldflow.data.preprocess import model_preprocessing
 from worldflow.metrics import frame_entropy_bits, noise_floor_bits
 
 
@@ -474,15 +474,13 @@ def dynamics(model, episodes, args, geometry) -> tuple[dict, dict, dict]:
 def run(args: Args) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    model = wf.WorldFlow.from_pretrained(args.model)
+    model = load_cartpole_model(args.model)
     cfg = model.config
-    env_id = cfg.env_id or "CartPole-v1"
-    if not env_id.startswith("CartPole"):
-        raise ValueError(f"model: expected a CartPole world model, got one of env_id={env_id!r}")
+    env_id = cfg.env_id
     if cfg.num_actions is None:
         raise ValueError("model: expected a model with discrete actions (CartPole), got none")
-    crop = cfg.crop if cfg.crop is not None else default_preprocessing(env_id)[1]  # as record_episode
-    geometry = (tuple(cfg.frame_size), crop, cartpole_pixels_per_unit(cfg.frame_size, crop))
+    frame_size, crop = model_preprocessing(cfg)  # as record_episode makes the frames
+    geometry = (frame_size, crop, cartpole_pixels_per_unit(frame_size, crop))
 
     def play(seeds, desc: str) -> list:
         return [
