@@ -81,17 +81,14 @@ class PlanningEnv(TransformedEnv):
             return super().rollout(max_steps, policy, callback, tensordict=tensordict, auto_reset=auto_reset,
                                    break_when_any_done=break_when_any_done, **kwargs)
         shape, time_dim = tensordict.batch_size, tensordict.ndim
-        _, history = torch.unique(shared_starts(tensordict), return_inverse=True)  # (n,): its world
-        first = _first_of_each(history)
+        history, first = _groups(shared_starts(tensordict)[:, None])  # (n,): each candidate's world
         worlds = tensordict.reshape(-1)[first]  # one row per distinct history (a copy)
         view, steps = tensordict.exclude("state"), []
         for i in range(max_steps):
             view = policy(view)
             action = view.get("action").reshape(len(history), -1)
             parent = history
-            _, history = torch.unique(torch.cat([parent[:, None].to(action.dtype), action], -1), dim=0,
-                                      return_inverse=True)
-            first = _first_of_each(history)
+            history, first = _groups(torch.cat([parent[:, None].to(action.dtype), action], -1))
             parents = parent[first]  # each history's world at the step before
             rows = worlds if torch.equal(parents, torch.arange(len(worlds))) else worlds[parents]
             rows.set("action", action[first])
@@ -116,11 +113,12 @@ def shared_starts(tensordict: TensorDictBase) -> Tensor:
     return torch.where(same, own[:, :1], own).reshape(-1)
 
 
-def _first_of_each(groups: Tensor) -> Tensor:
-    """(n,) group labels -> the first row of each distinct label, in label order."""
-    labels, inverse = torch.unique(groups, return_inverse=True)
-    rows = torch.arange(len(groups))
-    return torch.full((len(labels),), len(groups)).scatter_reduce(0, inverse, rows, "amin")
+def _groups(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """(n, d) rows -> each row's group (n,), numbered 0.. in sorted order of the distinct rows,
+    and the first row of each group."""
+    distinct, group = torch.unique(keys, dim=0, return_inverse=True)
+    rows = torch.arange(len(keys))
+    return group, torch.full((len(distinct),), len(keys)).scatter_reduce(0, group, rows, "amin")
 
 
 def planning_env(model, cfg: AgentConfig) -> PlanningEnv:

@@ -384,12 +384,10 @@ class WorldFlowTorchRLEnv(EnvBase):
         window, index = st.get("frames"), st.get("frame_index")
         recent = index.clamp(max=world.keep)
         layouts = torch.stack([window, recent], -1).unique(dim=0).tolist()
+        in_place = len(layouts) == 1 and self._consuming  # views: the cache is written in place
         groups = []  # items whose windows hold equally many frames share a pass
         for f, g in layouts:
-            if len(layouts) == 1 and self._consuming:  # views: the cache is written in place
-                idx = slice(None)
-            else:
-                idx = ((window == f) & (recent == g)).nonzero().squeeze(-1)
+            idx = slice(None) if in_place else ((window == f) & (recent == g)).nonzero().squeeze(-1)
             groups.append((idx, self._unpack(st, idx, f, g)))
         lined = world.line_up(groups)
         whole = len(lined) == 1 and (
