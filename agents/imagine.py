@@ -37,12 +37,12 @@ class ImagineConfig:
     # the planners (see worldflow.agents.AgentConfig)
     horizon: int = 8
     candidates: int = 16
-    top_k: int = 2
+    top_k: int = 3
     optim_steps: int = 1
     mppi_temperature: float = 1.0
     termination_weight: float = 1.0
     likelihood_weight: float = 0.0
-    pole_weight: float = 0.0  # CartPole: the pole's lean read from the imagined frames
+    pole_weight: Optional[float] = None  # the pole term; None: 50 for the planners on CartPole
     jacobi_iterations: Optional[int] = 1
     denoise: bool = False
     temperature: float = 0.0

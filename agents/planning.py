@@ -24,7 +24,7 @@ from torchrl.objectives.value import TDLambdaEstimator
 from worldflow.config import SamplerConfig
 from worldflow.data import model_preprocessing
 
-from .config import AgentConfig, require_cartpole
+from .config import AgentConfig, pole_weight
 from .objective import DreamObjective
 
 
@@ -134,11 +134,9 @@ def planning_env(model, cfg: AgentConfig) -> PlanningEnv:
         denoise=cfg.denoise,
         seed=cfg.seed,
     )
-    geometry = None
-    if cfg.pole_weight:
-        require_cartpole(model, "pole_weight", "the pole term")
-        geometry = model_preprocessing(model.config)
-    objective = DreamObjective(cfg.termination_weight, cfg.likelihood_weight, cfg.pole_weight, geometry)
+    weight = pole_weight(model, cfg)
+    geometry = model_preprocessing(model.config) if weight else None
+    objective = DreamObjective(cfg.termination_weight, cfg.likelihood_weight, weight, geometry)
     return PlanningEnv(world, objective)
 
 

@@ -8,8 +8,8 @@
    Agents: `cem` / `mppi` plan in the dream (`worldflow.agents.PlannerAgent`, the cheap
    path), `policy` is the linear policy learned in the dream (the model's shipped
    `policy.json`), `random` the uniform baseline.
-   The planners' objective is the learned heads (`AgentConfig`'s default); `--pole_weight`
-   adds the pole's lean read from the imagined frames.
+   The planners' objective is `AgentConfig`'s default on CartPole: the learned heads and
+   the pole's lean read from the imagined frames (`--pole_weight 0`: the heads alone).
 2. Agreement of the cheap planning path with the full one: on `agreement_states` real
    states (frames of seeded heuristic-policy episodes), the fraction where CEM on the
    cheap path (one Jacobi pass a block) picks the same first action as CEM on the full
@@ -43,8 +43,8 @@ class Args:
     max_steps: int = 0  # 0: the environment's own limit (500)
     horizon: int = 8
     candidates: int = 16
-    top_k: int = 2
-    pole_weight: float = 0.0  # the planners' pole term (AgentConfig.pole_weight)
+    top_k: int = 3
+    pole_weight: float = 50.0  # the planners' pole term (AgentConfig.pole_weight; its default on CartPole)
     agreement_states: int = 20
     threads: int = 2
     out: str = ""  # e.g. benchmarks/results/planning.json

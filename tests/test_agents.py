@@ -11,6 +11,7 @@ from test_envs import cartpole_model
 
 import worldflow as wf
 from worldflow.agents import AgentConfig, DreamObjective, LinearPolicy, RandomAgent, make_agent, play
+from worldflow.agents.config import PLANNER_POLE_WEIGHT
 from worldflow.agents.episodes import make_real_env
 from worldflow.agents.planning import planning_env
 from worldflow.envs import WorldFlowTorchRLEnv
@@ -74,7 +75,7 @@ def test_observe_rejects_bad_input_and_keeps_the_state(model):
 
 
 def test_objective_is_task_reward_minus_weighted_logit_plus_weighted_surprise(model):
-    cfg = AgentConfig(termination_weight=0.7, likelihood_weight=-0.3)
+    cfg = AgentConfig(termination_weight=0.7, likelihood_weight=-0.3, pole_weight=0.0)  # lean: tested below
     env = planning_env(model, cfg)
     assert isinstance(env.transform, DreamObjective)
     td = env.base_env.begin(model.start_frames[:2, None], seed=0)
@@ -112,7 +113,12 @@ def test_pole_term_is_subtracted_and_only_for_cartpole(model):
     pendulum = build(action_dim=1, env_id="Pendulum-v1", task_heads=True)
     with pytest.raises(WorldFlowError, match="pole_weight"):
         planning_env(pendulum, AgentConfig(pole_weight=1.0))
-    assert planning_env(pendulum, AgentConfig()).transform.pole_weight == 0.0
+    assert planning_env(pendulum, AgentConfig()).transform.pole_weight == 0.0  # the default: off there
+
+    # the default on CartPole: on for the planners, off for the policy's dream (its shipped objective)
+    assert planning_env(model, AgentConfig(agent="mppi")).transform.pole_weight == PLANNER_POLE_WEIGHT
+    assert planning_env(model, AgentConfig(agent="policy")).transform.pole_weight == 0.0
+    assert planning_env(model, AgentConfig(pole_weight=0.0)).transform.pole_weight == 0.0
 
     steps = {}
     for weight in (0.0, 3.0):
