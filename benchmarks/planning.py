@@ -10,7 +10,13 @@
    `policy.json`), `random` the uniform baseline.
    The planners' objective is `AgentConfig`'s default on CartPole: the learned heads and
    the pole's lean read from the imagined frames (`--pole_weight 0`: the heads alone).
-2. Agreement of the cheap planning path with the full one: on `agreement_states` real
+2. The same planner with a perfect model (`cem_true_dynamics`, `--true_dynamics false` to
+   skip): one round of `candidates` random `horizon`-step plans (what one round of CEM's
+   standard Gaussian gives through the argmax), each stepped with CartPole's true dynamics
+   from the real state and scored by the pole objective (sum of 1 - min((theta / 12 deg)^2, 1),
+   -100 where the episode ends); the `top_k` best vote on the first action. The ceiling
+   the planner reaches where the dream is exact; the gap to `cem` is the dream's.
+3. Agreement of the cheap planning path with the full one: on `agreement_states` real
    states (frames of seeded heuristic-policy episodes), the fraction where CEM on the
    cheap path (one Jacobi pass a block) picks the same first action as CEM on the full
    path (Jacobi to convergence), from the same seed. Neither denoises: at temperature 0
@@ -25,11 +31,13 @@ import sys
 import time
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 import worldflow as wf
 from worldflow.agents import AgentConfig, make_agent, play
+from worldflow.agents.objective import POLE_LIMIT
 from worldflow.benchmarking import benchmark_main, machine
 from worldflow.data import record_episode
 
@@ -45,6 +53,7 @@ class Args:
     candidates: int = 16
     top_k: int = 3
     pole_weight: float = 50.0  # the planners' pole term (AgentConfig.pole_weight; its default on CartPole)
+    true_dynamics: bool = True  # also run the planner over CartPole's true dynamics
     agreement_states: int = 20
     threads: int = 2
     out: str = ""  # e.g. benchmarks/results/planning.json
@@ -65,6 +74,40 @@ def evaluate(model, args: Args, name: str) -> dict:
         "std_return": round(float(np.std(returns)), 1),
         "seconds_per_step": round(seconds / max(steps, 1), 4),
     }
+
+
+def true_dynamics(args: Args) -> dict:
+    """The planner's real return with CartPole's true dynamics in place of the dream."""
+    from gymnasium.envs.classic_control import CartPoleEnv
+
+    sim = CartPoleEnv()
+    returns = []
+    for i in range(args.episodes):
+        env, rng = gym.make("CartPole-v1"), np.random.default_rng(args.seed + i)
+        env.reset(seed=args.seed + i)
+        sim.reset(seed=args.seed + i)
+        ret, done, limit = 0.0, False, args.max_steps or env.spec.max_episode_steps
+        while not done and ret < limit:
+            plans = rng.integers(0, 2, size=(args.candidates, args.horizon))
+            scores = [pole_score(sim, env.unwrapped.state, plan) for plan in plans]
+            elites = np.argsort(scores, kind="stable")[::-1][: args.top_k]
+            action = int(np.bincount(plans[elites, 0], minlength=2).argmax())  # the elites' vote
+            _, reward, terminated, truncated, _ = env.step(action)
+            ret, done = ret + reward, terminated or truncated
+        returns.append(ret)
+    return {"returns": returns, "mean_return": round(float(np.mean(returns)), 1),
+            "std_return": round(float(np.std(returns)), 1)}
+
+
+def pole_score(sim, state, plan) -> float:
+    """Sum over `plan` of 1 - min((theta / 12 deg)^2, 1), -100 where the episode ends, from `state`."""
+    sim.state, sim.steps_beyond_terminated, score = np.array(state, dtype=np.float64), None, 0.0
+    for action in plan:
+        (_, _, theta, _), _, terminated, _, _ = sim.step(int(action))
+        score += 1.0 - min((theta / POLE_LIMIT) ** 2, 1.0)
+        if terminated:
+            return score - 100.0
+    return score
 
 
 def planner_fields(args: Args) -> dict:
@@ -118,6 +161,9 @@ def run(args: Args) -> dict:
         "planner": planner_fields(args),
         **results,
     }
+    if args.true_dynamics:
+        out["cem_true_dynamics"] = true_dynamics(args)
+        print(f"cem_true_dynamics: {out['cem_true_dynamics']}", file=sys.stderr, flush=True)
     if args.agreement_states:
         out["cheap_vs_full"] = agreement(model, args)
     return {**out, **machine()}

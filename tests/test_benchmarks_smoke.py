@@ -234,6 +234,15 @@ def test_planning_benchmark_smoke(cartpole_dir):
         assert part["seconds_per_step"] > 0
     agree = result["cheap_vs_full"]
     assert agree["states"] == 2 and agree["agreement"] in (0.0, 0.5, 1.0)
+    assert result["cem_true_dynamics"]["returns"] == [4.0, 4.0]  # no pole falls within 4 steps
+
+
+def test_planner_with_true_dynamics_balances_where_random_actions_fall():
+    """The benchmark's perfect-model reference: CEM's one round over CartPole's true dynamics,
+    scored by the pole, keeps the pole up for 150 steps; random actions last ~20."""
+    bench = load_script("planning")
+    args = bench.Args(episodes=2, max_steps=150, horizon=8, candidates=16, top_k=3)
+    assert bench.true_dynamics(args)["returns"] == [150.0, 150.0]
 
 
 def test_generation_benchmark_smoke(tmp_path):
