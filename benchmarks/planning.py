@@ -80,21 +80,21 @@ def true_dynamics(args: Args) -> dict:
     """The planner's real return with CartPole's true dynamics in place of the dream."""
     from gymnasium.envs.classic_control import CartPoleEnv
 
-    sim = CartPoleEnv()
-    returns = []
+    sim, returns = CartPoleEnv(), []
+    env = gym.make("CartPole-v1")
+    limit = args.max_steps or env.spec.max_episode_steps
     for i in range(args.episodes):
-        env, rng = gym.make("CartPole-v1"), np.random.default_rng(args.seed + i)
         env.reset(seed=args.seed + i)
-        sim.reset(seed=args.seed + i)
-        ret, done, limit = 0.0, False, args.max_steps or env.spec.max_episode_steps
-        while not done and ret < limit:
+        rng, ret, steps, done = np.random.default_rng(args.seed + i), 0.0, 0, False
+        while not done and steps < limit:
             plans = rng.integers(0, 2, size=(args.candidates, args.horizon))
             scores = [pole_score(sim, env.unwrapped.state, plan) for plan in plans]
             elites = np.argsort(scores, kind="stable")[::-1][: args.top_k]
             action = int(np.bincount(plans[elites, 0], minlength=2).argmax())  # the elites' vote
             _, reward, terminated, truncated, _ = env.step(action)
-            ret, done = ret + reward, terminated or truncated
+            ret, steps, done = ret + reward, steps + 1, terminated or truncated
         returns.append(ret)
+    env.close()
     return {"returns": returns, "mean_return": round(float(np.mean(returns)), 1),
             "std_return": round(float(np.std(returns)), 1)}
 
