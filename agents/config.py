@@ -105,7 +105,7 @@ def require_cartpole(model, field: str, what: str) -> None:
         raise WorldFlowError(f"{field}: {what} reads CartPole frames; got a model of {model.config.env_id!r}")
 
 
-def pole_weight(model, cfg: AgentConfig) -> float:
+def pole_weight_for(model, cfg: AgentConfig) -> float:
     """The pole term's weight `cfg` asks for on `model`: `cfg.pole_weight`, or for None
     `PLANNER_POLE_WEIGHT` where a planner plans on a CartPole model and 0 elsewhere. A
     non-zero weight on another environment's model is refused (`require_cartpole`)."""

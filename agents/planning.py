@@ -24,7 +24,7 @@ from torchrl.objectives.value import TDLambdaEstimator
 from worldflow.config import SamplerConfig
 from worldflow.data import model_preprocessing
 
-from .config import AgentConfig, pole_weight
+from .config import AgentConfig, pole_weight_for
 from .objective import DreamObjective
 
 
@@ -134,7 +134,7 @@ def planning_env(model, cfg: AgentConfig) -> PlanningEnv:
         denoise=cfg.denoise,
         seed=cfg.seed,
     )
-    weight = pole_weight(model, cfg)
+    weight = pole_weight_for(model, cfg)
     geometry = model_preprocessing(model.config) if weight else None
     objective = DreamObjective(cfg.termination_weight, cfg.likelihood_weight, weight, geometry)
     return PlanningEnv(world, objective)

@@ -37,6 +37,7 @@ import torch
 
 import worldflow as wf
 from worldflow.agents import AgentConfig, make_agent, play
+from worldflow.agents.config import PLANNER_POLE_WEIGHT
 from worldflow.agents.objective import POLE_LIMIT
 from worldflow.benchmarking import benchmark_main, machine
 from worldflow.data import record_episode
@@ -52,7 +53,7 @@ class Args:
     horizon: int = 8
     candidates: int = 16
     top_k: int = 3
-    pole_weight: float = 50.0  # the planners' pole term (AgentConfig.pole_weight; its default on CartPole)
+    pole_weight: float = PLANNER_POLE_WEIGHT  # the planners' pole term (their default on CartPole)
     true_dynamics: bool = True  # also run the planner over CartPole's true dynamics
     agreement_states: int = 20
     threads: int = 2
@@ -76,7 +77,7 @@ def evaluate(model, args: Args, name: str) -> dict:
     }
 
 
-def true_dynamics(args: Args) -> dict:
+def cem_with_true_dynamics(args: Args) -> dict:
     """The planner's real return with CartPole's true dynamics in place of the dream."""
     from gymnasium.envs.classic_control import CartPoleEnv
 
@@ -162,7 +163,7 @@ def run(args: Args) -> dict:
         **results,
     }
     if args.true_dynamics:
-        out["cem_true_dynamics"] = true_dynamics(args)
+        out["cem_true_dynamics"] = cem_with_true_dynamics(args)
         print(f"cem_true_dynamics: {out['cem_true_dynamics']}", file=sys.stderr, flush=True)
     if args.agreement_states:
         out["cheap_vs_full"] = agreement(model, args)

@@ -242,7 +242,7 @@ def test_planner_with_true_dynamics_balances_where_random_actions_fall():
     scored by the pole, keeps the pole up for 150 steps; random actions last ~20."""
     bench = load_script("planning")
     args = bench.Args(episodes=2, max_steps=150, horizon=8, candidates=16, top_k=3)
-    assert bench.true_dynamics(args)["returns"] == [150.0, 150.0]
+    assert bench.cem_with_true_dynamics(args)["returns"] == [150.0, 150.0]
 
 
 def test_generation_benchmark_smoke(tmp_path):
